@@ -1,0 +1,98 @@
+"""``load_model``: from an ONNX file to a :class:`~genbab.model.model.Model`.
+
+Pipeline: read (gz-aware) -> fix the input shape -> name nodes -> upgrade opsets older than 11
+-> unroll LSTM/GRU into primitive ops -> check every op has a translator (one error listing all
+that do not) -> ``onnx2torch.convert`` -> fold constants and shape arithmetic into a Graph.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+from onnx import helper
+
+from genbab.errors import GenbabError, ModelError, UnsupportedOpError
+from genbab.model import onnx_io
+from genbab.model.converters import register_converters
+from genbab.model.graph import build_graph
+from genbab.model.model import Model
+
+TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16}
+
+
+def load_model(path: str | Path) -> Model:
+    """Load an ONNX model file (``.onnx`` or ``.onnx.gz``) into a batched, verification-ready Model."""
+    raw = onnx_io.read_bytes(path)
+    model = onnx_io.read_onnx(path)
+    info = onnx_io.model_input(model)
+    prepared, original_names = prepare(model, info)
+    gm = translate(prepared)
+    attrs = {n.name: {a.name: helper.get_attribute_value(a) for a in n.attribute} for n in prepared.graph.node}
+    op_types = {n.name: n.op_type for n in prepared.graph.node}
+    dtype = TORCH_DTYPES.get(info.dtype.name)
+    if dtype is None:
+        raise ModelError(f"{path}: unsupported input dtype {info.dtype}")
+    try:
+        with torch.no_grad():
+            graph = build_graph(gm.to(dtype), info.shape, dtype, op_types, attrs, original_names)
+    except GenbabError:
+        raise
+    except Exception as err:
+        raise ModelError(f"{path}: cannot evaluate translated model ({type(err).__name__}: {err})") from None
+    result = Model(graph, raw, info.name, info.shape, info.dtype, str(path), original_names)
+    result.check_batching()
+    return result
+
+
+def prepare(model: onnx.ModelProto, info: onnx_io.InputInfo) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """Static shapes, identifier node names, an opset onnx2torch translates, no recurrent ops."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    onnx_io.fix_input_shape(model, info)
+    if onnx_io.default_opset(model) < onnx_io.MIN_TRANSLATABLE_OPSET:
+        model = onnx_io.upgrade_opset(model)
+    if any(n.op_type in ("LSTM", "GRU") for n in model.graph.node):
+        from genbab.model.unroll_rnn import unroll_recurrent_ops
+
+        model = unroll_recurrent_ops(model)
+    original_names = onnx_io.name_nodes(model)
+    check_supported(model, original_names)
+    return onnx_io.annotate_shapes_by_running(model, info), original_names
+
+
+def check_supported(model: onnx.ModelProto, original_names: dict[str, str]) -> None:
+    """Raise one UnsupportedOpError naming every op type (and its nodes) that nothing translates."""
+    from onnx2torch.node_converters.registry import get_converter
+
+    register_converters()
+    versions = {imp.domain or "": imp.version for imp in model.opset_import}
+    missing: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        try:
+            get_converter(node.op_type, versions.get(node.domain or "", 1), node.domain or "")
+        except NotImplementedError:
+            missing.setdefault(node.op_type, []).append(original_names.get(node.name, node.name))
+    if missing:
+        parts = [f"{op} (nodes: {', '.join(names[:3])}{', ...' if len(names) > 3 else ''})" for op, names in sorted(missing.items())]
+        raise UnsupportedOpError("unsupported ONNX operators: " + "; ".join(parts))
+
+
+def translate(model: onnx.ModelProto) -> torch.fx.GraphModule:
+    """``onnx2torch.convert`` with its failures turned into one-line ModelErrors."""
+    import onnx2torch
+
+    register_converters()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            logging.getLogger("onnx2torch").setLevel(logging.ERROR)
+            return onnx2torch.convert(model).eval()
+    except GenbabError:
+        raise
+    except NotImplementedError as err:
+        raise UnsupportedOpError(f"cannot translate model: {err}") from None
+    except Exception as err:
+        raise ModelError(f"cannot translate model ({type(err).__name__}: {err})") from None
