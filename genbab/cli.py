@@ -1,0 +1,84 @@
+"""The ``genbab`` command line.
+
+Exit codes: 0 for any verdict (``sat``/``unsat``/``timeout``/``unknown``), 2 for a model or
+property that cannot be used (one line on stderr, no traceback), 1 for an internal error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import click
+
+from genbab.errors import GenbabError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="genbab")
+def main() -> None:
+    """genbab: verify neural networks with general nonlinearities (ONNX + VNN-LIB)."""
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--timeout", type=click.FloatRange(min=0), default=300.0, show_default=True,
+              help="Wall-clock budget in seconds, loading included.")
+@click.option("--results-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the VNN-COMP result file (verdict line, witness after sat).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write verdict, witness, timings and statistics as JSON.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random restarts.")
+@click.option("--quiet", is_flag=True, help="No progress on stderr.")
+def verify(model: Path, spec: Path, timeout: float, results_file: Path | None, json_path: Path | None,
+           device: str, seed: int, quiet: bool) -> None:
+    """Check MODEL (.onnx[.gz]) against the VNN-LIB property SPEC (.vnnlib[.gz])."""
+    try:
+        result = _run_verify(model, spec, timeout, device, seed, quiet)
+    except GenbabError as err:
+        _fail(results_file, f"error: {err}", 2)
+    except KeyboardInterrupt:
+        _fail(results_file, "interrupted", 130)
+    except Exception as err:  # an internal error: say so plainly, trace only on request
+        if os.environ.get("GENBAB_DEBUG"):
+            traceback.print_exc()
+        _fail(results_file, f"internal error: {type(err).__name__}: {err} (set GENBAB_DEBUG=1 for a traceback)", 1)
+    if results_file is not None:
+        results_file.write_text(result.results_file_text())
+    if json_path is not None:
+        json_path.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    click.echo(f"{result.status}  ({result.time_s:.2f}s)")
+    if result.status == "sat" and result.witness is not None and results_file is None:
+        click.echo(result.witness.to_vnncomp())
+
+
+def _run_verify(model: Path, spec: Path, timeout: float, device: str, seed: int, quiet: bool):
+    from genbab.api import verify as api_verify
+    from genbab.progress import ProgressReporter
+
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise GenbabError("--device cuda was asked for, but no CUDA device is available")
+    with ProgressReporter(quiet=quiet) as reporter:
+        return api_verify(model, spec, timeout=timeout, seed=seed, device=device, progress=reporter)
+
+
+def _fail(results_file: Path | None, message: str, code: int) -> None:
+    click.echo(message, err=True)
+    if results_file is not None:
+        try:
+            results_file.write_text("error\n")
+        except OSError:
+            pass
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

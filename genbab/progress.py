@@ -1,0 +1,45 @@
+"""Live progress on stderr: a one-line rich display on terminals, a line every few seconds elsewhere."""
+
+from __future__ import annotations
+
+import time
+
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
+
+from genbab.attack.pgd import AttackStats
+
+
+class ProgressReporter:
+    """Callable progress sink for :func:`genbab.api.verify`; use as a context manager."""
+
+    def __init__(self, quiet: bool = False, interval_s: float = 5.0):
+        self.console = Console(stderr=True)
+        self.quiet = quiet
+        self.interval_s = interval_s
+        self.live: Live | None = None
+        self.last_line = 0.0
+        self.start = time.monotonic()
+
+    def __enter__(self) -> "ProgressReporter":
+        if not self.quiet and self.console.is_terminal:
+            self.live = Live(Text(""), console=self.console, refresh_per_second=4, transient=True)
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.live is not None:
+            self.live.__exit__(*exc)
+
+    def __call__(self, phase: str, stats: AttackStats, remaining_s: float) -> None:
+        if self.quiet:
+            return
+        line = (f"[{time.monotonic() - self.start:6.1f}s] {phase}: round {stats.rounds}, "
+                f"{stats.points} starts, {stats.steps} steps, best margin {stats.best_margin:.4g}, "
+                f"{max(remaining_s, 0):.0f}s left")
+        if self.live is not None:
+            self.live.update(Text(line))
+        elif time.monotonic() - self.last_line >= self.interval_s:
+            self.last_line = time.monotonic()
+            self.console.print(line, highlight=False, soft_wrap=True)

@@ -1,0 +1,1 @@
+"""Triton kernels for the hot bound computations, each beside its PyTorch reference."""

@@ -1,0 +1,1 @@
+"""Pre-optimized branching-point tables and the command that rebuilds them."""

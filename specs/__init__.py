@@ -1,0 +1,1 @@
+"""Small example models and properties shipped with genbab (the embedded default)."""

@@ -1,0 +1,107 @@
+"""The ``genbab`` command line: verdicts, result files, JSON, exit codes and clean errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import genbab
+from conftest import BENCHMARKS, needs_benchmarks
+
+SPECS = Path(genbab.__file__).resolve().parent.parent / "specs"
+MODEL = SPECS / "toy_mlp.onnx"
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "GENBAB_DEBUG": ""}
+    return subprocess.run([sys.executable, "-m", "genbab.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def parse_witness(text: str) -> dict[str, float]:
+    body = text.split("\n", 1)[1].replace("(", " ").replace(")", " ").split()
+    return {body[i]: float(body[i + 1]) for i in range(0, len(body), 2)}
+
+
+def test_sat_writes_result_file_and_json(tmp_path: Path) -> None:
+    res, js = tmp_path / "out.txt", tmp_path / "out.json"
+    proc = run_cli("verify", str(MODEL), str(SPECS / "toy_mlp_unsafe.vnnlib"), "--timeout", "30",
+                   "--results-file", str(res), "--json", str(js))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("sat")
+    text = res.read_text()
+    assert text.startswith("sat\n((X_0 ")
+    values = parse_witness(text)
+    x = np.array([[values["X_0"], values["X_1"]]], dtype=np.float32)
+    assert np.all(x >= -1) and np.all(x <= 1)
+    sess = ort.InferenceSession(MODEL.read_bytes(), providers=["CPUExecutionProvider"])
+    y = sess.run(None, {"x": x})[0][0]
+    assert y[0] >= y[1]  # the property's unsafe set: Y_0 >= Y_1
+    np.testing.assert_array_equal(y, [values["Y_0"], values["Y_1"], values["Y_2"]])
+    report = json.loads(js.read_text())
+    assert report["status"] == "sat" and len(report["witness"]["x"]) == 2
+    assert "attack_s" in report["stats"] and report["time_s"] > 0
+
+
+def test_unprovable_property_times_out_without_claiming_unsat(tmp_path: Path) -> None:
+    js, res = tmp_path / "r.json", tmp_path / "r.txt"
+    proc = run_cli("verify", str(MODEL), str(SPECS / "toy_mlp_robust.vnnlib"), "--timeout", "3",
+                   "--json", str(js), "--results-file", str(res))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(js.read_text())
+    assert report["status"] == "timeout"
+    assert res.read_text() == "timeout\n"
+    assert report["time_s"] <= 3 + 2  # the timeout is honoured within 2 s
+
+
+@pytest.mark.parametrize("content", [b"", b"not an onnx model at all \x00\xff", b"\x1f\x8bbroken"])
+def test_bad_model_exits_2_with_one_line(tmp_path: Path, content: bytes) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(content)
+    res = tmp_path / "r.txt"
+    proc = run_cli("verify", str(bad), str(SPECS / "toy_mlp_unsafe.vnnlib"), "--results-file", str(res))
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("error:")
+    assert res.read_text() == "error\n"
+
+
+@pytest.mark.parametrize("content", ["", "(declare-const X_0 Real)\n(assert (<= X_0 ", "\x00\x01garbage"])
+def test_bad_spec_exits_2_with_one_line(tmp_path: Path, content: str) -> None:
+    bad = tmp_path / "bad.vnnlib"
+    bad.write_text(content)
+    proc = run_cli("verify", str(MODEL), str(bad))
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_spec_that_does_not_fit_the_model(tmp_path: Path) -> None:
+    spec = tmp_path / "three.vnnlib"
+    lines = [f"(declare-const X_{i} Real)" for i in range(3)] + ["(declare-const Y_0 Real)"]
+    lines += [f"(assert (>= X_{i} 0))\n(assert (<= X_{i} 1))" for i in range(3)] + ["(assert (>= Y_0 0))"]
+    spec.write_text("\n".join(lines))
+    proc = run_cli("verify", str(MODEL), str(spec))
+    assert proc.returncode == 2 and "3 inputs" in proc.stderr
+
+
+def test_missing_files_exit_2(tmp_path: Path) -> None:
+    proc = run_cli("verify", str(tmp_path / "none.onnx"), str(SPECS / "toy_mlp_unsafe.vnnlib"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+@needs_benchmarks
+def test_real_gzipped_instance_answers_sat(tmp_path: Path) -> None:
+    """A real gzipped benchmark pair runs through the CLI and answers sat with a result file."""
+    folder = BENCHMARKS / "dist_shift"
+    res = tmp_path / "r.txt"
+    proc = run_cli("verify", str(folder / "onnx/mnist_concat.onnx.gz"),
+                   str(folder / "vnnlib/index1561_delta0.13.vnnlib.gz"), "--timeout", "60", "--results-file", str(res))
+    assert proc.returncode == 0, proc.stderr
+    assert res.read_text().startswith("sat\n")

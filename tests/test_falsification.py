@@ -1,0 +1,80 @@
+"""Falsification: every known-``sat`` shared instance is answered ``sat`` within its timeout, and
+the witness is re-checked here independently (inside the box, onnxruntime output in the unsafe set)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import genbab
+from conftest import benchmark_folders, needs_benchmarks, reference_rows
+
+KNOWN_SAT = [r for f in benchmark_folders() for r in reference_rows(f) if r["consensus"] == "sat"]
+
+
+def independent_replay(model: genbab.Model, spec: genbab.Spec, witness) -> None:
+    """Assert the witness lies in its case's box and its ORT output satisfies every unsafe row."""
+    case = witness.case
+    x = np.asarray(witness.x)
+    assert x.dtype == model.np_dtype
+    assert np.all(x.astype(np.float64) >= spec.lower[case].numpy())
+    assert np.all(x.astype(np.float64) <= spec.upper[case].numpy())
+    sess = ort.InferenceSession(model.onnx_bytes, providers=["CPUExecutionProvider"])
+    y = sess.run(None, {model.input_name: x.reshape(model.onnx_input_shape)})[0].reshape(-1).astype(np.float64)
+    assert np.all(spec.C[case].numpy() @ y - spec.d[case].numpy() <= 0)
+
+
+@needs_benchmarks
+@pytest.mark.parametrize("row", KNOWN_SAT, ids=lambda r: f"{r['benchmark']}/{r['vnnlib_path'].name}")
+def test_known_sat_instance_is_falsified(row: dict) -> None:
+    model = genbab.load_model(row["onnx_path"])
+    spec = genbab.load_spec(row["vnnlib_path"])
+    result = genbab.verify(model, spec, timeout=row["timeout"])
+    assert result.status == "sat", f"{result.status} after {result.time_s:.1f}s"
+    assert result.time_s <= row["timeout"]
+    independent_replay(model, spec, result.witness)
+
+
+def test_witness_replay_rejects_a_safe_point() -> None:
+    """The replayer must refuse a point whose real output is outside the unsafe set."""
+    from pathlib import Path
+
+    import torch
+
+    from genbab.attack.witness import Replayer
+
+    specs = Path(genbab.__file__).resolve().parent.parent / "specs"
+    model = genbab.load_model(specs / "toy_mlp.onnx")
+    spec = genbab.load_spec(specs / "toy_mlp_robust.vnnlib")  # Y_2 <= floor never happens
+    replayer = Replayer(model, spec)
+    for x in torch.rand(20, 2) * 2 - 1:
+        assert replayer.confirm(x.double().numpy(), 0) is None
+
+
+def test_snap_into_box_keeps_float32_inside() -> None:
+    from genbab.attack.witness import snap_into_box
+
+    lower = np.array([-0.3, 1e-8, 0.1])
+    upper = np.array([0.7, 2e-8, 0.1])
+    x = snap_into_box(np.array([0.9, 1.5e-8, 0.1]), lower, upper, np.dtype(np.float32))
+    assert x.dtype == np.float32
+    wide = x.astype(np.float64)
+    assert np.all(wide[:2] >= lower[:2]) and np.all(wide[:2] <= upper[:2])
+    assert wide[2] != 0.1  # no float32 equals 0.1: such a box holds no float32 point
+
+
+def test_replayer_refuses_boxes_without_a_float32_point(tmp_path) -> None:
+    from pathlib import Path
+
+    from genbab.attack.witness import Replayer
+
+    specs = Path(genbab.__file__).resolve().parent.parent / "specs"
+    model = genbab.load_model(specs / "toy_mlp.onnx")
+    path = tmp_path / "point.vnnlib"
+    path.write_text("(declare-const X_0 Real)\n(declare-const X_1 Real)\n(declare-const Y_0 Real)\n"
+                    "(declare-const Y_1 Real)\n(declare-const Y_2 Real)\n"
+                    "(assert (>= X_0 0.1))\n(assert (<= X_0 0.1))\n(assert (>= X_1 0))\n(assert (<= X_1 0))\n"
+                    "(assert (>= Y_0 -1000))\n")
+    spec = genbab.load_spec(path)
+    assert Replayer(model, spec).confirm(np.array([0.1, 0.0]), 0) is None
