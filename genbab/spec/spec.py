@@ -59,3 +59,7 @@ class Spec:
         if C.dim() == 2:
             return (y @ C.T - d).amax(dim=-1)
         return (torch.einsum("brn,bn->br", C, y) - d).amax(dim=-1)
+
+    def subset(self, cases: torch.Tensor) -> "Spec":
+        """The property restricted to the given case indices (a disjunction of fewer cases)."""
+        return Spec(self.lower[cases], self.upper[cases], self.C[cases], self.d[cases])

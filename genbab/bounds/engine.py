@@ -1,0 +1,188 @@
+"""The bound engine: interval (IBP) and linear (CROWN) bounds of a graph over input boxes.
+
+``BoundEngine(graph)`` prepares the graph once (rewrites of :mod:`genbab.model.simplify`, a bound
+rule per node, float64 copies of the constants). Then, for a batch of boxes:
+
+- :meth:`interval_bounds`: IBP through every node;
+- :meth:`intermediate_bounds`: bounds of every node, CROWN (intersected with IBP) for nodes
+  that feed a nonlinearity, IBP elsewhere;
+- :meth:`bound_rows`: lower bounds of linear functions ``C y`` of the output, given the
+  intermediate bounds and, optionally, relaxation parameters (alpha).
+
+Bounds are computed in float64 by default: each relaxation is sound in that dtype, and the
+linear algebra adds only float64 rounding (relative 1e-16 per operation).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+
+from genbab.bounds.affine import AffineMap
+from genbab.bounds.box import Box, concretize_lower
+from genbab.bounds.nonlinear import (bilinear_backward, elementwise_backward, matmul_backward, matmul_expand,
+                                     matmul_interval, product_interval)
+from genbab.model.graph import Graph, InputRef, Node
+from genbab.model.simplify import simplify_for_bounds
+from genbab.ops.bilinear import relax_mul
+from genbab.ops.registry import NodeRule, rule_for
+
+Bounds = dict[str, tuple[torch.Tensor, torch.Tensor]]
+Params = dict[str, dict[str, torch.Tensor]]
+
+
+def graph_in_dtype(graph: Graph, dtype: torch.dtype, device: torch.device | str) -> Graph:
+    """A deep copy of ``graph`` with floating constants and module parameters in ``dtype`` on ``device``."""
+    graph = copy.deepcopy(graph)
+    for i, node in enumerate(graph.nodes):
+        if isinstance(node.module, torch.nn.Module):
+            node.module.to(device=device, dtype=dtype).requires_grad_(False)
+        cast = lambda a: a.to(device=device, dtype=dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else (
+            a.to(device) if isinstance(a, torch.Tensor) else a)
+        graph.nodes[i] = Node(**{**node.__dict__, "args": tuple(cast(a) for a in node.args),
+                                 "kwargs": {k: cast(v) for k, v in node.kwargs.items()}})
+    graph.dtype = dtype
+    return graph
+
+
+class BoundEngine:
+    """Bounds of one graph; holds per-node rules and cached affine maps, no per-query state."""
+
+    def __init__(self, graph: Graph, dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu",
+                 max_rows_elements: float = 2e7):
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.graph = graph_in_dtype(simplify_for_bounds(graph), dtype, self.device)
+        self.nodes = self.graph.nodes
+        self.index = {n.name: i for i, n in enumerate(self.nodes)}
+        self.rules: dict[str, NodeRule] = {n.name: rule_for(n) for n in self.nodes}
+        self.shapes = {self.graph.input_name: self.graph.input_shape}
+        self.shapes.update({n.name: n.out_shape for n in self.nodes})
+        self.needs_bounds = {i for n in self.nodes if self.rules[n.name].kind != "affine" for i in n.inputs}
+        self.max_rows_elements = max_rows_elements
+        self._affine: dict[str, AffineMap] = {}
+
+    # ----------------------------------------------------------------- helpers
+    def affine(self, node: Node) -> AffineMap:
+        if node.name not in self._affine:
+            shapes = [self.shapes[i] for i in node.inputs]
+            self._affine[node.name] = AffineMap(node, shapes, self.dtype, self.device)
+        return self._affine[node.name]
+
+    def box(self, lower: torch.Tensor, upper: torch.Tensor) -> Box:
+        """A Box in the engine's dtype from ``[batch, ...]`` bounds (flat or shaped)."""
+        shape = (lower.shape[0], *self.graph.input_shape)
+        return Box(lower.reshape(shape).to(self.device, self.dtype), upper.reshape(shape).to(self.device, self.dtype))
+
+    def operand_bounds(self, node: Node, bounds: Bounds) -> tuple[list, list]:
+        """Lower and upper bounds of each of the node's inputs, in ``node.inputs`` order."""
+        return [bounds[i][0] for i in node.inputs], [bounds[i][1] for i in node.inputs]
+
+    def bilinear_operands(self, node: Node, bounds: Bounds):
+        """``(lx, ux, ly, uy)`` of the two factors of a product node (batched shapes)."""
+        (a, b) = [arg for arg in node.args if isinstance(arg, InputRef)][:2]
+        lx, ux = bounds[node.inputs[a.index]]
+        ly, uy = bounds[node.inputs[b.index]]
+        return lx, ux, ly, uy, a.index, b.index
+
+    # ----------------------------------------------------------------- IBP
+    def interval_step(self, node: Node, bounds: Bounds) -> tuple[torch.Tensor, torch.Tensor]:
+        """Interval image of one node from its inputs' intervals."""
+        rule = self.rules[node.name]
+        if rule.kind == "affine":
+            return self.affine(node).interval(*self.operand_bounds(node, bounds))
+        if rule.kind == "elementwise":
+            lo, hi = bounds[node.inputs[0]]
+            return rule.op.interval(lo, hi)
+        lx, ux, ly, uy, _, _ = self.bilinear_operands(node, bounds)
+        if node.op_type == "MatMul":
+            return matmul_interval(lx, ux, ly, uy)
+        return product_interval(lx, ux, ly, uy)
+
+    def interval_bounds(self, box: Box) -> Bounds:
+        """IBP bounds of every node."""
+        bounds: Bounds = {self.graph.input_name: (box.lower, box.upper)}
+        for node in self.nodes:
+            bounds[node.name] = self.interval_step(node, bounds)
+        return bounds
+
+    # ----------------------------------------------------------------- CROWN
+    def intermediate_bounds(self, box: Box, method: str = "crown") -> Bounds:
+        """Bounds of every node: CROWN for inputs of nonlinear nodes (intersected with IBP)."""
+        bounds: Bounds = {self.graph.input_name: (box.lower, box.upper)}
+        for node in self.nodes:
+            lo, hi = self.interval_step(node, bounds)
+            if method == "crown" and node.name in self.needs_bounds and not self._exact_by_ibp(node):
+                c_lo, c_hi = self.crown_node(node.name, box, bounds)
+                lo, hi = torch.maximum(lo, c_lo), torch.minimum(hi, c_hi)
+            bounds[node.name] = (lo, hi)
+        return bounds
+
+    def _exact_by_ibp(self, node: Node) -> bool:
+        """An affine node reading only the graph input: IBP with its Jacobian is already exact."""
+        return self.rules[node.name].kind == "affine" and set(node.inputs) == {self.graph.input_name}
+
+    def crown_node(self, name: str, box: Box, bounds: Bounds) -> tuple[torch.Tensor, torch.Tensor]:
+        """CROWN lower and upper bounds of node ``name`` (rows ``+e_i`` and ``-e_i``), in row chunks."""
+        shape = self.shapes[name]
+        n = math.prod(shape)
+        widest = max(math.prod(s) for s in self.shapes.values())
+        chunk = max(1, int(self.max_rows_elements // (box.batch * widest)))
+        eye = torch.eye(n, dtype=self.dtype, device=self.device)
+        rows = torch.cat([eye, -eye])
+        out = []
+        for start in range(0, 2 * n, chunk):
+            A = rows[start:start + chunk].reshape(1, -1, *shape).expand(box.batch, -1, *shape)
+            out.append(self.bound_linear(name, A, box, bounds))
+        lb = torch.cat(out, dim=1)
+        return lb[:, :n].reshape(box.batch, *shape), (-lb[:, n:]).reshape(box.batch, *shape)
+
+    def bound_linear(self, start: str, A: torch.Tensor, box: Box, bounds: Bounds,
+                     params: Params | None = None) -> torch.Tensor:
+        """Lower bound ``[B, S]`` of ``A . value(start)`` over the box (``A`` ``[B, S, *shape]``)."""
+        A_in, bias = self.backward(start, A, bounds, params)
+        if A_in is None:
+            return bias
+        return concretize_lower(A_in, bias, box)
+
+    def bound_rows(self, C: torch.Tensor, box: Box, bounds: Bounds, params: Params | None = None) -> torch.Tensor:
+        """Lower bounds ``[B, S]`` of ``C y`` for the flat output ``y`` (``C`` ``[B, S, n_out]``)."""
+        A = C.to(self.device, self.dtype).reshape(C.shape[0], C.shape[1], *self.graph.output_shape)
+        return self.bound_linear(self.graph.output_name, A, box, bounds, params)
+
+    def backward(self, start: str, A: torch.Tensor, bounds: Bounds, params: Params | None = None):
+        """Propagate ``A`` from node ``start`` back to the input: returns (A_input or None, bias)."""
+        pending: dict[str, torch.Tensor] = {start: A}
+        bias = torch.zeros(A.shape[:2], dtype=self.dtype, device=self.device)
+        for node in reversed(self.nodes[: self.index[start] + 1]):
+            coeff = pending.pop(node.name, None)
+            if coeff is None:
+                continue
+            contributions, b = self.backward_step(node, coeff, bounds, None if params is None else params.get(node.name))
+            bias = bias + b
+            for name, A_i in contributions:
+                pending[name] = pending[name] + A_i if name in pending else A_i
+        return pending.get(self.graph.input_name), bias
+
+    def backward_step(self, node: Node, A: torch.Tensor, bounds: Bounds, params: dict | None):
+        """One node: the coefficient contributions ``[(input name, A_i)]`` and the bias."""
+        rule = self.rules[node.name]
+        if rule.kind == "affine":
+            coeffs, bias = self.affine(node).backward(A)
+            return list(zip(node.inputs, coeffs)), bias
+        if rule.kind == "elementwise":
+            lo, hi = bounds[node.inputs[0]]
+            lines = rule.op.relax(lo.unsqueeze(1), hi.unsqueeze(1), params)
+            coeff, bias = elementwise_backward(A, lines)
+            return [(node.inputs[0], coeff)], bias
+        lx, ux, ly, uy, ix, iy = self.bilinear_operands(node, bounds)
+        x_shape, y_shape = self.shapes[node.inputs[ix]], self.shapes[node.inputs[iy]]
+        if node.op_type == "MatMul":
+            lx, ux, ly, uy = matmul_expand(lx, ux, ly, uy)
+        relaxed = relax_mul(lx.unsqueeze(1), ux.unsqueeze(1), ly.unsqueeze(1), uy.unsqueeze(1), params)
+        planes = (relaxed.lower, relaxed.upper)
+        step = matmul_backward if node.op_type == "MatMul" else bilinear_backward
+        A_x, A_y, bias = step(A, planes, x_shape, y_shape)
+        return [(node.inputs[ix], A_x), (node.inputs[iy], A_y)], bias

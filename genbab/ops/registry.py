@@ -1,0 +1,98 @@
+"""Which bound rule serves which graph node.
+
+Three kinds of node, decided from the op type and *which inputs depend on the network input*:
+
+- ``affine``: linear in its dependent inputs plus a constant (Gemm, Conv, MatMul/Mul/Div by a
+  constant, Add/Sub, every shape op, BatchNorm, reductions...). Bound propagation needs no
+  op-specific code for them: the backward step is the vector-Jacobian product and the interval
+  image uses the exact Jacobian.
+- ``elementwise``: a scalar nonlinearity ``h`` applied to one dependent input, relaxed by the
+  op's :class:`~genbab.ops.relaxation.ElementwiseOp` (with ONNX attributes bound).
+- ``bilinear``: a product of two dependent inputs (``Mul``, ``MatMul``), McCormick planes.
+
+Anything else raises :class:`~genbab.errors.UnsupportedOpError` naming the node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from genbab.errors import UnsupportedOpError
+from genbab.model.graph import InputRef, Node
+from genbab.ops.relaxation import ElementwiseOp
+
+# Affine whenever every dependent input sits in one of the listed argument positions
+# (None: any position). E.g. Gemm is affine in its data input A (position 0) only.
+AFFINE_POSITIONS: dict[str, tuple[int, ...] | None] = {
+    "Gemm": (0,), "Conv": (0,), "ConvTranspose": (0,), "BatchNormalization": (0,),
+    "Add": None, "Sub": None, "Sum": None, "Neg": None, "Identity": None, "Dropout": (0,),
+    "Reshape": (0,), "Flatten": (0,), "Transpose": (0,), "Squeeze": (0,), "Unsqueeze": (0,),
+    "Concat": None, "Slice": (0,), "Gather": (0,), "Split": (0,), "Expand": (0,), "Tile": (0,),
+    "Where": (1, 2), "ReduceSum": (0,), "ReduceMean": (0,), "Pad": (0,), "AveragePool": (0,),
+    "GlobalAveragePool": (0,), "Upsample": (0,), "Resize": (0,), "SoftmaxDiff": (0,),
+    "Cast": (0,),
+}
+# Affine when exactly one input depends on x (the other is a constant factor).
+AFFINE_IF_ONE_DEPENDENT: dict[str, tuple[int, ...] | None] = {"Mul": None, "MatMul": None, "Div": (0,)}
+BILINEAR = {"Mul", "MatMul"}
+
+
+@dataclass(frozen=True)
+class NodeRule:
+    """How bounds pass through one node: ``kind`` and, for elementwise nodes, the bound op."""
+
+    kind: str  # "affine" | "elementwise" | "bilinear"
+    op: ElementwiseOp | None = None
+
+
+def dependent_positions(node: Node) -> list[int]:
+    """Argument positions holding values that depend on the network input."""
+    return [i for i, a in enumerate(node.args) if isinstance(a, InputRef)]
+
+
+def elementwise_table() -> dict[str, ElementwiseOp]:
+    """Every elementwise op, merged from the op-family modules' ``OPS`` tables."""
+    from genbab.ops import exp_log, gelu, power, relu, s_shaped, trig
+
+    table: dict[str, ElementwiseOp] = {}
+    for module in (relu, s_shaped, trig, gelu, exp_log, power):
+        table.update(module.OPS)
+    return table
+
+
+def rule_for(node: Node) -> NodeRule:
+    """The bound rule of ``node``; raises UnsupportedOpError when there is none."""
+    positions = dependent_positions(node)
+    op = node.op_type
+    if op in AFFINE_POSITIONS:
+        allowed = AFFINE_POSITIONS[op]
+        if allowed is None or all(p in allowed for p in positions):
+            return NodeRule("affine")
+    if op in AFFINE_IF_ONE_DEPENDENT and len(positions) == 1:
+        allowed = AFFINE_IF_ONE_DEPENDENT[op]
+        if allowed is None or positions[0] in allowed:
+            return NodeRule("affine")
+    if op in BILINEAR and len(positions) == 2:
+        return NodeRule("bilinear")
+    table = elementwise_table()
+    if op in table and positions == [0]:
+        return NodeRule("elementwise", bind_attributes(table[op], node))
+    raise UnsupportedOpError(f"no bound rule for {op} node {node.onnx_name or node.name!r} "
+                             f"(dependent inputs at positions {positions})")
+
+
+def bind_attributes(op: ElementwiseOp, node: Node) -> ElementwiseOp:
+    """Bind the ONNX attributes an elementwise op needs (LeakyRelu alpha, Pow exponent, Gelu form)."""
+    if node.op_type == "LeakyRelu":
+        return op.bind(alpha=float(node.attrs.get("alpha", 0.01)))
+    if node.op_type == "Pow":
+        exponent = node.args[1]
+        value = float(exponent.reshape(-1)[0]) if hasattr(exponent, "reshape") else float(exponent)
+        if hasattr(exponent, "numel") and exponent.numel() != 1:
+            raise UnsupportedOpError(f"Pow node {node.onnx_name!r}: only a scalar constant exponent is supported")
+        return op.bind(exponent=value)
+    if node.op_type == "Gelu":
+        approx = node.attrs.get("approximate", "none")
+        approx = approx.decode() if isinstance(approx, bytes) else approx
+        return op.bind(approximate=approx)
+    return op
