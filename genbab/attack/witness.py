@@ -3,8 +3,10 @@
 A candidate input is only reported ``sat`` after :class:`Replayer` has
 1. rounded it to the model's dtype and moved it inside its case's box *in that dtype* (a float32
    value rounded from a float64 bound can fall just outside the box), and
-2. run the original ONNX model with onnxruntime on the CPU and found ``max_j (C y - d)_j <= 0``
-   for the replayed output ``y`` (computed in float64, no tolerance).
+2. run the original ONNX model with onnxruntime on the CPU and found ``max_j (C y - d)_j < 0``
+   for the replayed output ``y`` (computed in float64, no tolerance), with a *strict* ``< 0``: the
+   parser reads strict comparisons as non-strict, so a point exactly on the boundary is never
+   reported.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ class Witness:
     x: np.ndarray
     y: np.ndarray
     case: int
-    margin: float  # max_j (C y - d)_j of the replayed output, <= 0
+    margin: float  # max_j (C y - d)_j of the replayed output, < 0
 
     def to_vnncomp(self) -> str:
         """``((X_0 v)\\n (X_1 v) ... (Y_0 v))``: shortest decimals that round-trip exactly."""
@@ -75,6 +77,6 @@ class Replayer:
             return None  # the box holds no value of the model's dtype in some coordinate
         y = self.output(x)
         margin = float(np.max(self.C[case] @ y.astype(np.float64) - self.d[case]))
-        if margin <= 0.0 and np.all(np.isfinite(y)):
+        if margin < 0.0 and np.all(np.isfinite(y)):
             return Witness(x, y, case, margin)
         return None

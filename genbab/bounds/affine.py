@@ -70,11 +70,16 @@ class AffineMap:
 
     def interval(self, lows: list[torch.Tensor], highs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Interval image for batched input intervals ``[B, *in_i]`` -> ``[B, *out]``."""
+        if self.node.op_type == "SoftmaxDiff":  # D_ij = x_j - x_i: exactly [l_j - u_i, u_j - l_i]
+            (lo,), (hi,) = lows, highs
+            return lo.unsqueeze(-2) - hi.unsqueeze(-1), hi.unsqueeze(-2) - lo.unsqueeze(-1)
         signs = monotone_signs(self.node)
         if signs is not None:
             low_in = [lo if s > 0 else hi for s, lo, hi in zip(signs, lows, highs)]
             high_in = [hi if s > 0 else lo for s, lo, hi in zip(signs, lows, highs)]
             return self._batched(low_in), self._batched(high_in)
+        lows = [lo.clamp(min=-HUGE) for lo in lows]  # centre/radius of unbounded intervals stay finite
+        highs = [hi.clamp(max=HUGE) for hi in highs]
         mid = self._batched([(lo + hi) / 2 for lo, hi in zip(lows, highs)])
         absolute = self._absolute()
         if absolute is not None:
@@ -100,6 +105,7 @@ class AffineMap:
 
 
 
+HUGE = 1e300
 CONV_TYPES = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d,
               torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)
 

@@ -32,6 +32,7 @@ def elementwise_backward(A: torch.Tensor, lines: Relaxation) -> tuple[torch.Tens
 def product_interval(lx, ux, ly, uy) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact interval of ``x * y`` for ``x in [lx, ux]``, ``y in [ly, uy]`` (broadcasting)."""
     corners = torch.stack(torch.broadcast_tensors(lx * ly, lx * uy, ux * ly, ux * uy))
+    corners = torch.nan_to_num(corners, nan=0.0, posinf=torch.inf, neginf=-torch.inf)  # 0 * inf corners are 0
     return corners.amin(0), corners.amax(0)
 
 
