@@ -50,7 +50,7 @@ def verify(model: Model | str | Path, spec: Spec | str | Path, timeout: float = 
     replayer = Replayer(model, spec)
     report = None if progress is None else (lambda s: progress("attack", s, deadline - time.monotonic()))
     first = Attacker(model, spec, replayer, attack, seed=seed, device=device)
-    witness = first.run(min(deadline, time.monotonic() + first_attack_budget(timeout)), report)
+    witness = first.run(min(deadline, time.monotonic() + first_attack_budget(timeout)), report, stall_rounds=5)
     stats["attack"] = attack_stats(first)
     if witness is not None:
         return Result("sat", witness, time.monotonic() - start, stats)
@@ -69,9 +69,9 @@ def verify(model: Model | str | Path, spec: Spec | str | Path, timeout: float = 
 
 
 def first_attack_budget(timeout: float) -> float:
-    """Seconds of attack before bounding: most counterexamples fall in the first second or two
-    (every known-sat shared instance but one); the rest get the time left after bounding."""
-    return max(0.5, min(0.02 * timeout, 2.0))
+    """At most this many seconds of attack before bounding (it also stops once it stalls): most
+    counterexamples fall in the first seconds; the rest get the time left after bounding."""
+    return max(1.0, min(0.05 * timeout, 5.0))
 
 
 def run_bounds(model: Model, spec: Spec, deadline: float, alpha: AlphaConfig, stats: dict,

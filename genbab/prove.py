@@ -14,6 +14,7 @@ import torch
 
 from genbab.bounds import engine_for
 from genbab.bounds.alpha import AlphaConfig, optimize_rows
+from genbab.bounds.engine import BoundsTimeout
 from genbab.model.model import Model
 from genbab.spec.spec import Spec
 
@@ -49,8 +50,11 @@ def prove_cases(model: Model, spec: Spec, deadline: float, alpha: AlphaConfig = 
         members = [torch.nonzero(inverse == g).flatten() for g in group_ids]
         C, d = _rows_for_groups(spec, members)
         box = engine.box(unique[group_ids, 0], unique[group_ids, 1])
-        with torch.no_grad():
-            bounds = engine.intermediate_bounds(box, "crown")
+        try:
+            with torch.no_grad():
+                bounds = engine.intermediate_bounds(box, "crown", deadline)
+        except BoundsTimeout:
+            break
         lb = optimize_rows(engine, C, box, bounds, alpha, offset=d, deadline=deadline).detach()
         for g, cases in enumerate(members):
             per_case = lb[g, : len(cases) * spec.n_rows].reshape(len(cases), spec.n_rows)

@@ -73,14 +73,24 @@ class Attacker:
         y = self.model.forward_flat(x)
         return (torch.einsum("brn,bn->br", self.C[case], y) - self.d[case]).amax(dim=-1)
 
-    def run(self, deadline: float, on_progress: Callable[[AttackStats], None] | None = None) -> Witness | None:
-        """Sample, then PGD rounds with fresh restarts, until a confirmed witness or the deadline."""
+    def run(self, deadline: float, on_progress: Callable[[AttackStats], None] | None = None,
+            stall_rounds: int | None = None) -> Witness | None:
+        """Sample, then PGD rounds with fresh restarts, until a confirmed witness or the deadline.
+
+        With ``stall_rounds``, also give up after that many rounds in a row that do not improve
+        the best margin by more than 0.1% (the attack has converged; bounds may do better)."""
         witness = self._sample_round(deadline)
+        stalled = 0
         while witness is None and time.monotonic() < deadline:
+            before = self.stats.best_margin
             witness = self._pgd_round(deadline)
             self.stats.rounds += 1
             if on_progress is not None:
                 on_progress(self.stats)
+            improved = before - self.stats.best_margin > 1e-3 * max(1.0, abs(before))
+            stalled = 0 if improved else stalled + 1
+            if stall_rounds is not None and stalled >= stall_rounds:
+                break
         self.stats.replays = self.replayer.replays
         return witness
 

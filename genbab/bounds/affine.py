@@ -70,9 +70,12 @@ class AffineMap:
 
     def interval(self, lows: list[torch.Tensor], highs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Interval image for batched input intervals ``[B, *in_i]`` -> ``[B, *out]``."""
-        if self.node.op_type == "SoftmaxDiff":  # D_ij = x_j - x_i: exactly [l_j - u_i, u_j - l_i]
+        if self.node.op_type == "SoftmaxDiff":  # D_ij = x_j - x_i: [l_j - u_i, u_j - l_i], D_ii = 0
             (lo,), (hi,) = lows, highs
-            return lo.unsqueeze(-2) - hi.unsqueeze(-1), hi.unsqueeze(-2) - lo.unsqueeze(-1)
+            d_lo, d_hi = lo.unsqueeze(-2) - hi.unsqueeze(-1), hi.unsqueeze(-2) - lo.unsqueeze(-1)
+            d_lo.diagonal(dim1=-2, dim2=-1).zero_()
+            d_hi.diagonal(dim1=-2, dim2=-1).zero_()
+            return d_lo, d_hi
         signs = monotone_signs(self.node)
         if signs is not None:
             low_in = [lo if s > 0 else hi for s, lo, hi in zip(signs, lows, highs)]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 
 import torch
 
@@ -30,6 +31,12 @@ from genbab.ops.bilinear import relax_mul
 from genbab.ops.registry import NodeRule, rule_for
 
 Bounds = dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+class BoundsTimeout(Exception):
+    """The deadline passed in the middle of a bound computation."""
+
+
 Params = dict[str, dict[str, torch.Tensor]]
 
 
@@ -109,13 +116,15 @@ class BoundEngine:
         return bounds
 
     # ----------------------------------------------------------------- CROWN
-    def intermediate_bounds(self, box: Box, method: str = "crown") -> Bounds:
-        """Bounds of every node: CROWN for inputs of nonlinear nodes (intersected with IBP)."""
+    def intermediate_bounds(self, box: Box, method: str = "crown", deadline: float | None = None) -> Bounds:
+        """Bounds of every node: CROWN for inputs of nonlinear nodes (intersected with IBP).
+
+        Raises :class:`BoundsTimeout` when ``deadline`` (``time.monotonic()``) passes."""
         bounds: Bounds = {self.graph.input_name: (box.lower, box.upper)}
         for node in self.nodes:
             lo, hi = self.interval_step(node, bounds)
             if method == "crown" and node.name in self.needs_bounds and not self._exact_by_ibp(node):
-                c_lo, c_hi = self.crown_node(node.name, box, bounds)
+                c_lo, c_hi = self.crown_node(node.name, box, bounds, deadline)
                 lo, hi = torch.maximum(lo, c_lo), torch.minimum(hi, c_hi)
             bounds[node.name] = (lo, hi)
         return bounds
@@ -124,7 +133,8 @@ class BoundEngine:
         """An affine node reading only the graph input: IBP with its Jacobian is already exact."""
         return self.rules[node.name].kind == "affine" and set(node.inputs) == {self.graph.input_name}
 
-    def crown_node(self, name: str, box: Box, bounds: Bounds) -> tuple[torch.Tensor, torch.Tensor]:
+    def crown_node(self, name: str, box: Box, bounds: Bounds,
+                   deadline: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """CROWN lower and upper bounds of node ``name`` (rows ``+e_i`` and ``-e_i``), in row chunks."""
         shape = self.shapes[name]
         n = math.prod(shape)
@@ -134,6 +144,8 @@ class BoundEngine:
         rows = torch.cat([eye, -eye])
         out = []
         for start in range(0, 2 * n, chunk):
+            if deadline is not None and time.monotonic() >= deadline:
+                raise BoundsTimeout(f"deadline passed while bounding {name}")
             A = rows[start:start + chunk].reshape(1, -1, *shape).expand(box.batch, -1, *shape)
             out.append(self.bound_linear(name, A, box, bounds))
         lb = torch.cat(out, dim=1)
