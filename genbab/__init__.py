@@ -19,5 +19,12 @@ def verify(*args, **kwargs):
     return _verify(*args, **kwargs)
 
 
-__all__ = ["GenbabError", "Model", "ModelError", "Result", "Spec", "SpecError", "UnsupportedOpError",
+def compute_bounds(*args, **kwargs):
+    """See :func:`genbab.bounds.compute_bounds`."""
+    from genbab.bounds import compute_bounds as _compute_bounds
+
+    return _compute_bounds(*args, **kwargs)
+
+
+__all__ = ["compute_bounds", "GenbabError", "Model", "ModelError", "Result", "Spec", "SpecError", "UnsupportedOpError",
            "load_model", "load_spec", "verify", "__version__"]

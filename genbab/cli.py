@@ -34,12 +34,14 @@ def main() -> None:
               help="Write verdict, witness, timings and statistics as JSON.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random restarts.")
+@click.option("--no-bab", is_flag=True, help="Attack, then alpha-CROWN on every disjunct; no branching.")
+@click.option("--no-bounds", is_flag=True, help="Attack only: never prove (answers sat or timeout).")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 def verify(model: Path, spec: Path, timeout: float, results_file: Path | None, json_path: Path | None,
-           device: str, seed: int, quiet: bool) -> None:
+           device: str, seed: int, no_bab: bool, no_bounds: bool, quiet: bool) -> None:
     """Check MODEL (.onnx[.gz]) against the VNN-LIB property SPEC (.vnnlib[.gz])."""
     try:
-        result = _run_verify(model, spec, timeout, device, seed, quiet)
+        result = _run_verify(model, spec, timeout, device, seed, quiet, bounds=not no_bounds)
     except GenbabError as err:
         _fail(results_file, f"error: {err}", 2)
     except KeyboardInterrupt:
@@ -57,7 +59,7 @@ def verify(model: Path, spec: Path, timeout: float, results_file: Path | None, j
         click.echo(result.witness.to_vnncomp())
 
 
-def _run_verify(model: Path, spec: Path, timeout: float, device: str, seed: int, quiet: bool):
+def _run_verify(model: Path, spec: Path, timeout: float, device: str, seed: int, quiet: bool, bounds: bool):
     from genbab.api import verify as api_verify
     from genbab.progress import ProgressReporter
 
@@ -67,7 +69,7 @@ def _run_verify(model: Path, spec: Path, timeout: float, device: str, seed: int,
         if not torch.cuda.is_available():
             raise GenbabError("--device cuda was asked for, but no CUDA device is available")
     with ProgressReporter(quiet=quiet) as reporter:
-        return api_verify(model, spec, timeout=timeout, seed=seed, device=device, progress=reporter)
+        return api_verify(model, spec, timeout=timeout, seed=seed, device=device, bounds=bounds, progress=reporter)
 
 
 def _fail(results_file: Path | None, message: str, code: int) -> None:

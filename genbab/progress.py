@@ -35,9 +35,12 @@ class ProgressReporter:
     def __call__(self, phase: str, stats: AttackStats, remaining_s: float) -> None:
         if self.quiet:
             return
-        line = (f"[{time.monotonic() - self.start:6.1f}s] {phase}: round {stats.rounds}, "
-                f"{stats.points} starts, {stats.steps} steps, best margin {stats.best_margin:.4g}, "
-                f"{max(remaining_s, 0):.0f}s left")
+        if phase == "attack":
+            detail = (f"round {stats.rounds}, {stats.points} starts, {stats.steps} steps, "
+                      f"best margin {stats.best_margin:.4g}")
+        else:
+            detail = "alpha-CROWN on every case"
+        line = f"[{time.monotonic() - self.start:6.1f}s] {phase}: {detail}, {max(remaining_s, 0):.0f}s left"
         if self.live is not None:
             self.live.update(Text(line))
         elif time.monotonic() - self.last_line >= self.interval_s:
