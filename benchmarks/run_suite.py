@@ -1,6 +1,6 @@
 """Run genbab on shared benchmarks and tally verdicts against ``reference.csv``.
 
-Usage: python benchmarks/run_suite.py BENCH [BENCH...] [--timeout-scale F] [--limit N]
+Usage: python benchmarks/run_suite.py BENCH [BENCH...] [--timeout-scale F] [--max-timeout S] [--limit N]
        [--no-bounds] [--out results.csv]
 Prints one line per instance and a summary per benchmark: proved (unsat), falsified (sat),
 open, *wrong* (disagreeing with the reference consensus), median time of solved instances.
@@ -37,6 +37,7 @@ def main() -> int:
     ap.add_argument("benchmarks", nargs="+")
     ap.add_argument("--timeout-scale", type=float, default=1.0)
     ap.add_argument("--limit", type=int, default=0)
+    ap.add_argument("--max-timeout", type=float, default=0, help="cap every instance's timeout (seconds)")
     ap.add_argument("--no-bounds", action="store_true")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
@@ -49,7 +50,9 @@ def main() -> int:
         for r in rows:
             model = models.get(r["onnx"]) or models.setdefault(r["onnx"], genbab.load_model(r["onnx"]))
             t0 = time.monotonic()
-            res = verify(model, r["vnnlib"], timeout=r["timeout"] * args.timeout_scale, bounds=not args.no_bounds)
+            timeout = r["timeout"] * args.timeout_scale
+            timeout = min(timeout, args.max_timeout) if args.max_timeout else timeout
+            res = verify(model, r["vnnlib"], timeout=timeout, bounds=not args.no_bounds)
             dt = time.monotonic() - t0
             wrong = res.status in ("sat", "unsat") and r["expected"] in ("sat", "unsat") and res.status != r["expected"]
             tally["wrong"] += wrong

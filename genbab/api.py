@@ -17,6 +17,7 @@ import torch
 
 from genbab.attack.pgd import AttackConfig, Attacker, AttackStats
 from genbab.attack.witness import Replayer
+from genbab.bab.loop import BabConfig
 from genbab.bounds.alpha import AlphaConfig
 from genbab.errors import SpecError, UnsupportedOpError
 from genbab.model.loading import load_model
@@ -29,12 +30,14 @@ ProgressCallback = Callable[[str, AttackStats, float], None]
 
 
 def verify(model: Model | str | Path, spec: Spec | str | Path, timeout: float = 300.0, *, seed: int = 0,
-           device: str = "cpu", attack: AttackConfig = AttackConfig(), bounds: bool = True,
-           alpha: AlphaConfig = AlphaConfig(), progress: ProgressCallback | None = None) -> Result:
+           device: str = "cpu", attack: AttackConfig = AttackConfig(), bounds: bool = True, bab: bool = True,
+           alpha: AlphaConfig = AlphaConfig(), bab_config: BabConfig = BabConfig(),
+           progress: ProgressCallback | None = None) -> Result:
     """Decide whether ``model`` violates ``spec`` within ``timeout`` seconds (loading included).
 
-    Phases: a short attack; alpha-CROWN on every case (``bounds=False`` skips it); then the
-    attack again on the cases left unproved, until a witness or the deadline.
+    Phases: a short attack; alpha-CROWN on every case (``bounds=False`` skips it); branch and
+    bound on the cases left (``bab=False`` skips it), keeping a tenth of the remaining time;
+    then the attack again on the cases still open, until a witness or the deadline.
     """
     start = time.monotonic()
     deadline = start + timeout
@@ -57,6 +60,9 @@ def verify(model: Model | str | Path, spec: Spec | str | Path, timeout: float = 
     open_cases = torch.arange(spec.n_cases)
     if bounds:
         open_cases = run_bounds(model, spec, deadline, alpha, stats, progress)
+        if len(open_cases) and bab:
+            reserve = max(1.0, 0.1 * (deadline - time.monotonic()))
+            open_cases = run_bab(model, spec, open_cases, deadline - reserve, bab_config, stats, progress)
         if len(open_cases) == 0:
             return Result("unsat", None, time.monotonic() - start, stats)
     rest = spec.subset(open_cases)
@@ -89,6 +95,29 @@ def run_bounds(model: Model, spec: Spec, deadline: float, alpha: AlphaConfig, st
                        "proved_cases": int(report.proved.sum()),
                        "worst_case_bound": float(finite.min()) if len(finite) else None}
     return torch.nonzero(~report.proved).flatten()
+
+
+def run_bab(model: Model, spec: Spec, open_cases: torch.Tensor, deadline: float, config: BabConfig, stats: dict,
+            progress: ProgressCallback | None) -> torch.Tensor:
+    """Branch and bound on each open case in turn; returns the cases still open (stops at the
+    first case it cannot prove: the property can then no longer be proved)."""
+    from genbab.bab.loop import BranchAndBound
+    from genbab.bounds import engine_for
+
+    if progress is not None:
+        progress("bab", AttackStats(), deadline - time.monotonic())
+    reports, remaining = [], open_cases.tolist()
+    engine = engine_for(model)
+    while remaining and time.monotonic() < deadline:
+        case = remaining[0]
+        result = BranchAndBound(engine, spec.lower[case], spec.upper[case], spec.C[case], spec.d[case], config).run(deadline)
+        reports.append({"case": case, "status": result.status, "visited": result.visited, "open": result.open,
+                        "max_depth": result.max_depth, "history": result.history[-10:]})
+        if result.status != "unsat":
+            break
+        remaining.pop(0)
+    stats["bab"] = {"cases": reports, "proved_cases": sum(r["status"] == "unsat" for r in reports)}
+    return torch.tensor(remaining, dtype=torch.int64)
 
 
 def attack_stats(attacker: Attacker) -> dict:

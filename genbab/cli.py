@@ -17,6 +17,9 @@ import click
 from genbab.errors import GenbabError
 
 
+_WORKERS: list = []  # the verify worker thread, checked at exit
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="genbab")
 def main() -> None:
@@ -41,7 +44,7 @@ def verify(model: Path, spec: Path, timeout: float, results_file: Path | None, j
            device: str, seed: int, no_bab: bool, no_bounds: bool, quiet: bool) -> None:
     """Check MODEL (.onnx[.gz]) against the VNN-LIB property SPEC (.vnnlib[.gz])."""
     try:
-        result = _run_verify(model, spec, timeout, device, seed, quiet, bounds=not no_bounds)
+        result = _run_verify(model, spec, timeout, device, seed, quiet, bounds=not no_bounds, bab=not no_bab)
     except GenbabError as err:
         _fail(results_file, f"error: {err}", 2)
     except KeyboardInterrupt:
@@ -57,19 +60,52 @@ def verify(model: Path, spec: Path, timeout: float, results_file: Path | None, j
     click.echo(f"{result.status}  ({result.time_s:.2f}s)")
     if result.status == "sat" and result.witness is not None and results_file is None:
         click.echo(result.witness.to_vnncomp())
+    if _WORKERS and _WORKERS[-1].is_alive():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)  # ends the worker thread still inside a long bound step
 
 
-def _run_verify(model: Path, spec: Path, timeout: float, device: str, seed: int, quiet: bool, bounds: bool):
+def _run_verify(model: Path, spec: Path, timeout: float, device: str, seed: int, quiet: bool, bounds: bool,
+                bab: bool):
+    """Run :func:`genbab.api.verify` in a worker thread; answer ``timeout`` at the deadline.
+
+    The library checks its deadline between steps, but one step (an alpha iteration on a big
+    model, say) can outlast it; the command line promises the timeout within 2 s, so it stops
+    waiting at the deadline plus a second and reports ``timeout`` (``main`` then exits the
+    process, ending the worker)."""
+    import threading
+    import time
+
     from genbab.api import verify as api_verify
     from genbab.progress import ProgressReporter
+    from genbab.result import Result
 
     if device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
             raise GenbabError("--device cuda was asked for, but no CUDA device is available")
+    start = time.monotonic()
+    outcome: dict = {}
+
+    def work() -> None:
+        try:
+            outcome["result"] = api_verify(model, spec, timeout=timeout, seed=seed, device=device, bounds=bounds,
+                                           bab=bab, progress=reporter)
+        except BaseException as err:  # handed to the main thread
+            outcome["error"] = err
+
     with ProgressReporter(quiet=quiet) as reporter:
-        return api_verify(model, spec, timeout=timeout, seed=seed, device=device, bounds=bounds, progress=reporter)
+        worker = threading.Thread(target=work, name="genbab-verify", daemon=True)
+        _WORKERS.append(worker)
+        worker.start()
+        worker.join(timeout + 1.0)
+    if "error" in outcome:
+        raise outcome["error"]
+    if "result" in outcome:
+        return outcome["result"]
+    return Result("timeout", None, time.monotonic() - start, {"stopped_by": "the command line's deadline"})
 
 
 def _fail(results_file: Path | None, message: str, code: int) -> None:
@@ -80,6 +116,13 @@ def _fail(results_file: Path | None, message: str, code: int) -> None:
         except OSError:
             pass
     sys.exit(code)
+
+
+from genbab.bench.command import bench as _bench_command  # noqa: E402  (light: the runner loads lazily)
+from genbab.bench.vnnlib2_cli import vnnlib2 as _vnnlib2_command  # noqa: E402
+
+main.add_command(_bench_command)
+main.add_command(_vnnlib2_command)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,8 @@ class ProgressReporter:
         if phase == "attack":
             detail = (f"round {stats.rounds}, {stats.points} starts, {stats.steps} steps, "
                       f"best margin {stats.best_margin:.4g}")
+        elif phase == "bab":
+            detail = "branch and bound on the open cases"
         else:
             detail = "alpha-CROWN on every case"
         line = f"[{time.monotonic() - self.start:6.1f}s] {phase}: {detail}, {max(remaining_s, 0):.0f}s left"

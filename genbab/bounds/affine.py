@@ -53,11 +53,24 @@ class AffineMap:
     def backward(self, A: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """``A`` ``[B, S, *out]`` -> coefficients per input ``[B, S, *in_i]`` and bias ``[B, S]``."""
         B, S = A.shape[:2]
-        flat = A.reshape(B * S, *A.shape[2:])
-        grads = self._vjp_batched(flat)
-        coeffs = [g.reshape(B, S, *shape) for g, shape in zip(grads, self.input_shapes)]
         bias = (A * self.const).reshape(B, S, -1).sum(-1)
-        return coeffs, bias
+        fast = self._fast_backward(A)
+        if fast is not None:
+            return [fast], bias
+        grads = self._vjp_batched(A.reshape(B * S, *A.shape[2:]))
+        return [g.reshape(B, S, *shape) for g, shape in zip(grads, self.input_shapes)], bias
+
+    def _fast_backward(self, A: torch.Tensor) -> torch.Tensor | None:
+        """Direct ``A L`` for the commonest maps (autograd's batched VJP costs far more):
+        a Linear layer on the last axis (``A W``) and pure reshapes."""
+        node, B, S = self.node, A.shape[0], A.shape[1]
+        if len(node.inputs) != 1:
+            return None
+        if isinstance(node.module, torch.nn.Linear) and len(node.args) == 1:
+            return A @ node.module.weight
+        if node.op_type in RESHAPES:
+            return A.reshape(B, S, *self.input_shapes[0])
+        return None
 
     def jacobians(self) -> list[torch.Tensor]:
         """``L_i`` as ``[n_out, n_in_i]`` matrices (cached)."""
@@ -109,6 +122,7 @@ class AffineMap:
 
 
 HUGE = 1e300
+RESHAPES = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout"})
 CONV_TYPES = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d,
               torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)
 

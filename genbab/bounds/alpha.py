@@ -70,22 +70,67 @@ class AlphaParams:
                 v.copy_(projected[k].to(v.dtype) / self.scales[name][k])
 
 
+class BetaParams:
+    """beta-CROWN multipliers of split constraints ``z <= u`` and ``z >= l`` (where finite).
+
+    On the domain ``beta_u (z - u) <= 0`` and ``beta_l (l - z) <= 0`` for ``beta >= 0``, so adding
+    them to the objective keeps a valid lower bound: an extra coefficient ``beta_u - beta_l`` on
+    ``z`` and bias ``beta_l l - beta_u u`` (see :meth:`BoundEngine.backward`'s ``extra``)."""
+
+    def __init__(self, splits: Bounds, n_rows: int, dtype: torch.dtype):
+        self.limits, self.free = {}, {}
+        for name, (lo, hi) in splits.items():
+            has_lo, has_hi = torch.isfinite(lo), torch.isfinite(hi)
+            if not bool(has_lo.any() or has_hi.any()):
+                continue
+            shape = (lo.shape[0], n_rows, *lo.shape[1:])
+            self.limits[name] = (torch.where(has_lo, lo, 0.0).unsqueeze(1), has_lo.unsqueeze(1),
+                                 torch.where(has_hi, hi, 0.0).unsqueeze(1), has_hi.unsqueeze(1))
+            self.free[name] = (torch.zeros(shape, dtype=dtype, requires_grad=True),
+                               torch.zeros(shape, dtype=dtype, requires_grad=True))
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for pair in self.free.values() for t in pair]
+
+    def extra(self) -> Bounds:
+        out = {}
+        for name, (beta_l, beta_u) in self.free.items():
+            lo, has_lo, hi, has_hi = self.limits[name]
+            beta_l, beta_u = beta_l * has_lo, beta_u * has_hi
+            bias = (beta_l * lo - beta_u * hi).reshape(beta_l.shape[0], beta_l.shape[1], -1).sum(-1)
+            out[name] = (beta_u - beta_l, bias)
+        return out
+
+    @torch.no_grad()
+    def project(self) -> None:
+        for pair in self.free.values():
+            for t in pair:
+                t.clamp_(min=0)
+
+
 def optimize_rows(engine: BoundEngine, C: torch.Tensor, box: Box, bounds: Bounds,
                   config: AlphaConfig = AlphaConfig(), offset: torch.Tensor | None = None,
-                  deadline: float | None = None) -> torch.Tensor:
-    """Best lower bounds ``[B, S]`` of ``C y - offset`` found by alpha optimisation (never below CROWN)."""
+                  deadline: float | None = None, record: dict | None = None,
+                  splits: Bounds | None = None) -> torch.Tensor:
+    """Best lower bounds ``[B, S]`` of ``C y - offset`` found by alpha optimisation (never below CROWN).
+
+    ``record`` receives the backward coefficients at the nonlinear nodes of the plain CROWN pass.
+    ``splits`` (branch and bound): per node the domain's split limits ``[B, *shape]``, whose
+    beta multipliers are optimised jointly with alpha."""
     offset = torch.zeros(C.shape[:2], dtype=engine.dtype) if offset is None else offset.to(engine.dtype)
     with torch.no_grad():
-        best = engine.bound_rows(C, box, bounds) - offset
+        best = engine.bound_rows(C, box, bounds, record=record) - offset
     alpha = AlphaParams(engine, bounds, C.shape[1])
-    if not alpha.free or (config.stop_when_positive and bool((best > 0).all())):
+    beta = BetaParams(splits or {}, C.shape[1], engine.dtype)
+    if not (alpha.free or beta.free) or config.iterations == 0 or (
+            config.stop_when_positive and bool((best > 0).all())):
         return best
-    opt = torch.optim.Adam(alpha.tensors(), lr=config.lr)
+    opt = torch.optim.Adam(alpha.tensors() + beta.tensors(), lr=config.lr)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, config.lr_decay)
     for _ in range(config.iterations):
         if deadline is not None and time.monotonic() >= deadline:
             break
-        lb = engine.bound_rows(C, box, bounds, alpha.params()) - offset
+        lb = engine.bound_rows(C, box, bounds, alpha.params(), extra=beta.extra() if beta.free else None) - offset
         best = torch.maximum(best, lb.detach())
         if config.stop_when_positive and bool((best > 0).all()):
             break
@@ -94,4 +139,5 @@ def optimize_rows(engine: BoundEngine, C: torch.Tensor, box: Box, bounds: Bounds
         opt.step()
         sched.step()
         alpha.project()
+        beta.project()
     return best

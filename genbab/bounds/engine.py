@@ -116,16 +116,25 @@ class BoundEngine:
         return bounds
 
     # ----------------------------------------------------------------- CROWN
-    def intermediate_bounds(self, box: Box, method: str = "crown", deadline: float | None = None) -> Bounds:
+    def intermediate_bounds(self, box: Box, method: str = "crown", deadline: float | None = None,
+                            clamps: Bounds | None = None, base: Bounds | None = None) -> Bounds:
         """Bounds of every node: CROWN for inputs of nonlinear nodes (intersected with IBP).
 
-        Raises :class:`BoundsTimeout` when ``deadline`` (``time.monotonic()``) passes."""
+        ``clamps`` (branch and bound): per node, interval constraints ``[B, *shape]`` that the
+        node's value satisfies on the domain; they are intersected with the computed bounds
+        before later nodes use them. ``base``: bounds valid on a superset of every box (a BaB
+        root's), intersected in too. With ``method="ibp"`` and a ``base`` this is the cheap
+        refresh of branch and bound. Raises :class:`BoundsTimeout` when ``deadline`` passes."""
         bounds: Bounds = {self.graph.input_name: (box.lower, box.upper)}
         for node in self.nodes:
             lo, hi = self.interval_step(node, bounds)
+            if base is not None:
+                lo, hi = torch.maximum(lo, base[node.name][0]), torch.minimum(hi, base[node.name][1])
             if method == "crown" and node.name in self.needs_bounds and not self._exact_by_ibp(node):
                 c_lo, c_hi = self.crown_node(node.name, box, bounds, deadline)
                 lo, hi = torch.maximum(lo, c_lo), torch.minimum(hi, c_hi)
+            if clamps is not None and node.name in clamps:
+                lo, hi = torch.maximum(lo, clamps[node.name][0]), torch.minimum(hi, clamps[node.name][1])
             bounds[node.name] = (lo, hi)
         return bounds
 
@@ -152,30 +161,45 @@ class BoundEngine:
         return lb[:, :n].reshape(box.batch, *shape), (-lb[:, n:]).reshape(box.batch, *shape)
 
     def bound_linear(self, start: str, A: torch.Tensor, box: Box, bounds: Bounds,
-                     params: Params | None = None) -> torch.Tensor:
+                     params: Params | None = None, record: dict | None = None,
+                     extra: Bounds | None = None) -> torch.Tensor:
         """Lower bound ``[B, S]`` of ``A . value(start)`` over the box (``A`` ``[B, S, *shape]``)."""
-        A_in, bias = self.backward(start, A, bounds, params)
+        A_in, bias = self.backward(start, A, bounds, params, record, extra)
         if A_in is None:
             return bias
         return concretize_lower(A_in, bias, box)
 
-    def bound_rows(self, C: torch.Tensor, box: Box, bounds: Bounds, params: Params | None = None) -> torch.Tensor:
+    def bound_rows(self, C: torch.Tensor, box: Box, bounds: Bounds, params: Params | None = None,
+                   record: dict | None = None, extra: Bounds | None = None) -> torch.Tensor:
         """Lower bounds ``[B, S]`` of ``C y`` for the flat output ``y`` (``C`` ``[B, S, n_out]``)."""
         A = C.to(self.device, self.dtype).reshape(C.shape[0], C.shape[1], *self.graph.output_shape)
-        return self.bound_linear(self.graph.output_name, A, box, bounds, params)
+        return self.bound_linear(self.graph.output_name, A, box, bounds, params, record, extra)
 
-    def backward(self, start: str, A: torch.Tensor, bounds: Bounds, params: Params | None = None):
-        """Propagate ``A`` from node ``start`` back to the input: returns (A_input or None, bias)."""
+    def backward(self, start: str, A: torch.Tensor, bounds: Bounds, params: Params | None = None,
+                 record: dict[str, torch.Tensor] | None = None, extra: Bounds | None = None):
+        """Propagate ``A`` from node ``start`` back to the input: returns (A_input or None, bias).
+
+        ``record``, when given, receives the coefficient arriving at each nonlinear node
+        (the "Lambda" branching heuristics read) and the input's coefficient. ``extra``: per node, a term ``(coef, bias)``
+        added to the bound when the pass reaches that node (the beta-CROWN split terms)."""
         pending: dict[str, torch.Tensor] = {start: A}
         bias = torch.zeros(A.shape[:2], dtype=self.dtype, device=self.device)
         for node in reversed(self.nodes[: self.index[start] + 1]):
             coeff = pending.pop(node.name, None)
+            if extra is not None and node.name in extra:
+                coef_extra, bias_extra = extra[node.name]
+                coeff = coef_extra if coeff is None else coeff + coef_extra
+                bias = bias + bias_extra
             if coeff is None:
                 continue
+            if record is not None and self.rules[node.name].kind != "affine":
+                record[node.name] = coeff.detach()
             contributions, b = self.backward_step(node, coeff, bounds, None if params is None else params.get(node.name))
             bias = bias + b
             for name, A_i in contributions:
                 pending[name] = pending[name] + A_i if name in pending else A_i
+        if record is not None and self.graph.input_name in pending:
+            record[self.graph.input_name] = pending[self.graph.input_name].detach()
         return pending.get(self.graph.input_name), bias
 
     def backward_step(self, node: Node, A: torch.Tensor, bounds: Bounds, params: dict | None):

@@ -1,0 +1,80 @@
+"""A batch of branch-and-bound subproblems, held as tensors.
+
+Domain ``k`` is the part of the case's input box where every split neuron satisfies
+``lower[node][k] <= z <= upper[node][k]`` (``-inf``/``+inf`` where unsplit). Each domain carries
+its best lower bound ``lb`` (over the case's rows; ``> 0`` proves it), its depth, and the split
+chosen for it when it was bounded (candidate node index, flat neuron index, split point).
+Batches are never mutated in place: ``select`` and ``cat`` build new ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class DomainBatch:
+    lower: dict[str, torch.Tensor]  # per candidate node: [D, *shape]
+    upper: dict[str, torch.Tensor]
+    lb: torch.Tensor  # [D]
+    depth: torch.Tensor  # [D] int64
+    split_node: torch.Tensor  # [D] int64, index into the candidate node list (-1: nothing to split)
+    split_index: torch.Tensor  # [D] int64, flat neuron index within that node
+    split_point: torch.Tensor  # [D] float64
+
+    def __len__(self) -> int:
+        return int(self.lb.shape[0])
+
+    def select(self, idx: torch.Tensor) -> "DomainBatch":
+        return DomainBatch({k: v[idx] for k, v in self.lower.items()}, {k: v[idx] for k, v in self.upper.items()},
+                           self.lb[idx], self.depth[idx], self.split_node[idx], self.split_index[idx],
+                           self.split_point[idx])
+
+    def cat(self, other: "DomainBatch") -> "DomainBatch":
+        if len(other) == 0:
+            return self
+        if len(self) == 0:
+            return other
+        return DomainBatch({k: torch.cat([v, other.lower[k]]) for k, v in self.lower.items()},
+                           {k: torch.cat([v, other.upper[k]]) for k, v in self.upper.items()},
+                           torch.cat([self.lb, other.lb]), torch.cat([self.depth, other.depth]),
+                           torch.cat([self.split_node, other.split_node]),
+                           torch.cat([self.split_index, other.split_index]),
+                           torch.cat([self.split_point, other.split_point]))
+
+    def clamps(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """The split constraints as the engine's per-node clamps."""
+        return {k: (self.lower[k], self.upper[k]) for k in self.lower}
+
+
+def root_domains(shapes: dict[str, tuple[int, ...]], dtype: torch.dtype) -> DomainBatch:
+    """One domain without splits."""
+    lower = {k: torch.full((1, *s), -torch.inf, dtype=dtype) for k, s in shapes.items()}
+    upper = {k: torch.full((1, *s), torch.inf, dtype=dtype) for k, s in shapes.items()}
+    zero = torch.zeros(1, dtype=torch.int64)
+    return DomainBatch(lower, upper, torch.full((1,), -torch.inf, dtype=torch.float64), zero, zero - 1, zero,
+                       torch.zeros(1, dtype=torch.float64))
+
+
+def split(domains: DomainBatch, candidates: list[str]) -> DomainBatch:
+    """Both children of every domain: ``z <= p`` (first half) and ``z >= p`` (second half)."""
+    left_lower = {k: v.clone() for k, v in domains.lower.items()}
+    left_upper = {k: v.clone() for k, v in domains.upper.items()}
+    right_lower = {k: v.clone() for k, v in domains.lower.items()}
+    right_upper = {k: v.clone() for k, v in domains.upper.items()}
+    for c, name in enumerate(candidates):
+        rows = torch.nonzero(domains.split_node == c).flatten()
+        if len(rows) == 0:
+            continue
+        idx, point = domains.split_index[rows], domains.split_point[rows]
+        left_upper[name].view(len(domains), -1)[rows, idx] = point
+        right_lower[name].view(len(domains), -1)[rows, idx] = point
+    n = len(domains)
+    children = DomainBatch(left_lower, left_upper, domains.lb.clone(), domains.depth + 1,
+                           torch.full((n,), -1, dtype=torch.int64), torch.zeros(n, dtype=torch.int64),
+                           torch.zeros(n, dtype=torch.float64))
+    return children.cat(DomainBatch(right_lower, right_upper, domains.lb.clone(), domains.depth + 1,
+                                    children.split_node.clone(), children.split_index.clone(),
+                                    children.split_point.clone()))
