@@ -1,0 +1,83 @@
+"""Branch and bound: splitting mechanics, proofs beyond alpha-CROWN, and no false proofs."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+import genbab
+from genbab.bab.domains import root_domains, split
+from genbab.bab.loop import BabConfig, BranchAndBound
+from genbab.bounds import compute_bounds, engine_for
+
+SPECS = Path(genbab.__file__).resolve().parent.parent / "specs"
+C_Y2 = torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64)
+BOX = (-torch.ones(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64))
+
+
+def toy() -> genbab.Model:
+    return genbab.load_model(SPECS / "toy_mlp.onnx")
+
+
+def sampled_min_y2(model: genbab.Model) -> float:
+    xs = torch.rand(100_000, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2 - 1
+    with torch.no_grad():
+        return float(model.forward_flat(xs.float())[:, 2].min())
+
+
+def test_split_halves_the_chosen_neuron() -> None:
+    shapes = {"a": (1, 4), "b": (3,)}
+    root = root_domains(shapes, torch.float64)
+    root = type(root)(root.lower, root.upper, root.lb, root.depth, torch.tensor([0]), torch.tensor([2]),
+                      torch.tensor([0.5], dtype=torch.float64))
+    children = split(root, ["a", "b"])
+    assert len(children) == 2 and children.depth.tolist() == [1, 1]
+    assert children.upper["a"][0, 0, 2] == 0.5 and children.lower["a"][1, 0, 2] == 0.5
+    assert torch.isinf(children.lower["a"][0]).all() and torch.isinf(children.upper["a"][1]).all()
+    assert torch.isinf(children.lower["b"]).all()
+
+
+def test_bab_proves_what_alpha_crown_cannot() -> None:
+    """y2 >= floor over [-1, 1]^2 with floor just below the sampled minimum (by 0.05)."""
+    model = toy()
+    floor = sampled_min_y2(model) - 0.05
+    lb, _ = compute_bounds(model, *BOX, "alpha-crown", C_Y2)
+    assert float(lb) < floor  # bounds alone fall short
+    bab = BranchAndBound(engine_for(model), *BOX, C_Y2, torch.tensor([floor], dtype=torch.float64))
+    result = bab.run(time.monotonic() + 60)
+    assert result.status == "unsat" and result.visited > 1
+
+
+def test_bab_never_proves_a_violated_property() -> None:
+    """y2 >= floor with floor above the sampled minimum is false: BaB must not say unsat."""
+    model = toy()
+    floor = sampled_min_y2(model) + 0.01
+    for input_split in (0, 32):
+        bab = BranchAndBound(engine_for(model), *BOX, C_Y2, torch.tensor([floor], dtype=torch.float64),
+                             BabConfig(input_split_max_dims=input_split))
+        assert bab.run(time.monotonic() + 5).status != "unsat"
+
+
+def test_neuron_splits_with_beta_prove_without_input_splits() -> None:
+    """Only hidden-neuron splits (beta-CROWN) on a gap of 0.2."""
+    model = toy()
+    floor = sampled_min_y2(model) - 0.2
+    bab = BranchAndBound(engine_for(model), *BOX, C_Y2, torch.tensor([floor], dtype=torch.float64),
+                         BabConfig(input_split_max_dims=0))
+    assert bab.run(time.monotonic() + 60).status == "unsat"
+
+
+def test_verify_uses_bab_and_no_bab_turns_it_off(tmp_path: Path) -> None:
+    model = toy()
+    floor = sampled_min_y2(model) - 0.05
+    spec_path = tmp_path / "tight.vnnlib"
+    lines = [f"(declare-const X_{i} Real)" for i in range(2)] + [f"(declare-const Y_{j} Real)" for j in range(3)]
+    lines += [f"(assert (>= X_{i} -1.0))\n(assert (<= X_{i} 1.0))" for i in range(2)]
+    lines += [f"(assert (<= Y_2 {floor!r}))"]
+    spec_path.write_text("\n".join(lines) + "\n")
+    result = genbab.verify(model, spec_path, timeout=60)
+    assert result.status == "unsat" and result.stats["bab"]["proved_cases"] == 1
+    result = genbab.verify(model, spec_path, timeout=4, bab=False)
+    assert result.status == "timeout"
