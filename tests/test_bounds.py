@@ -36,6 +36,9 @@ def ort_outputs(model: genbab.Model, xs: np.ndarray) -> np.ndarray:
 
 
 MODELS_WITH_SPECS = [p for p in all_models() if first_spec_for(p) is not None]
+# CROWN on this 3-layer vision transformer takes over 10 minutes on a 2-core CPU (a known
+# performance gap, see the README); its soundness test checks IBP only to keep CI short.
+IBP_ONLY = {"ibp_3_3_8.onnx.gz"}
 
 
 @needs_benchmarks
@@ -50,14 +53,16 @@ def test_bounds_contain_onnxruntime_outputs(path: Path) -> None:
     values = ort_outputs(model, xs).astype(np.float64) @ C.numpy().T
     scale = 1e-4 * (1.0 + np.abs(values).max(axis=0))  # float32 evaluation error of onnxruntime
     results = {}
-    for method in ("ibp", "crown", "alpha-crown"):
+    methods = ("ibp",) if path.name in IBP_ONLY else ("ibp", "crown", "alpha-crown")
+    for method in methods:
         lb, ub = compute_bounds(model, lower, upper, method, C, AlphaConfig(iterations=10, stop_when_positive=False))
         lb, ub = lb[0].numpy(), ub[0].numpy()
         assert np.all(lb <= values.min(axis=0) + scale), f"{method} lower bound above a sampled output"
         assert np.all(ub >= values.max(axis=0) - scale), f"{method} upper bound below a sampled output"
         results[method] = (lb, ub)
-    assert np.all(results["alpha-crown"][0] >= results["crown"][0] - 1e-9)
-    assert np.all(results["alpha-crown"][1] <= results["crown"][1] + 1e-9)
+    if "crown" in results:
+        assert np.all(results["alpha-crown"][0] >= results["crown"][0] - 1e-9)
+        assert np.all(results["alpha-crown"][1] <= results["crown"][1] + 1e-9)
 
 
 def write_model(tmp_path: Path, nodes, inputs, outputs, inits=(), opset: int = 13) -> Path:

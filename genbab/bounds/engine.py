@@ -68,10 +68,26 @@ class BoundEngine:
         self.shapes = {self.graph.input_name: self.graph.input_shape}
         self.shapes.update({n.name: n.out_shape for n in self.nodes})
         self.needs_bounds = {i for n in self.nodes if self.rules[n.name].kind != "affine" for i in n.inputs}
+        self.crown_targets = self._crown_targets()
         self.max_rows_elements = max_rows_elements
         self._affine: dict[str, AffineMap] = {}
 
     # ----------------------------------------------------------------- helpers
+    def _crown_targets(self, max_neurons: int = 4096) -> set[str]:
+        """Nodes whose bounds CROWN computes: the inputs of nonlinear nodes, except that a large one
+        made by a single-input affine node (softmax's pairwise differences, say) hands the job to
+        that node's input, and its own bounds follow by the (exact) interval step. Nodes still
+        larger than ``max_neurons`` keep interval bounds."""
+        producers = {n.name: n for n in self.nodes}
+        targets = set()
+        for name in self.needs_bounds:
+            while (name in producers and math.prod(self.shapes[name]) > max_neurons
+                   and self.rules[name].kind == "affine" and len(producers[name].inputs) == 1):
+                name = producers[name].inputs[0]
+            if math.prod(self.shapes[name]) <= max_neurons:
+                targets.add(name)  # larger ones keep their interval bounds (CROWN would cost 2n passes)
+        return targets
+
     def affine(self, node: Node) -> AffineMap:
         if node.name not in self._affine:
             shapes = [self.shapes[i] for i in node.inputs]
@@ -130,7 +146,7 @@ class BoundEngine:
             lo, hi = self.interval_step(node, bounds)
             if base is not None:
                 lo, hi = torch.maximum(lo, base[node.name][0]), torch.minimum(hi, base[node.name][1])
-            if method == "crown" and node.name in self.needs_bounds and not self._exact_by_ibp(node):
+            if method == "crown" and node.name in self.crown_targets and not self._exact_by_ibp(node):
                 c_lo, c_hi = self.crown_node(node.name, box, bounds, deadline)
                 lo, hi = torch.maximum(lo, c_lo), torch.minimum(hi, c_hi)
             if clamps is not None and node.name in clamps:

@@ -12,9 +12,10 @@ inflection point inside ``[l, u]`` this is exactly the S-shaped situation: tange
 or the chord, and mirrored for the upper line.  The boundary tangent points come from two
 tables of ``sin`` around 0 (anchor grid step 1/256 on ``[-pi, 0]`` and ``[0, pi]``), shifted
 to ``c1`` (and mirrored for odd ``k``).  With two inflection points inside the same lines are
-built (biases stay rigorous: both inflection points are cut points) and compared, at the
-midpoint, with the constant lines of the interval image; with three or more the constant lines
-are used.  Parameters: ``tangent_lower``, ``tangent_upper`` (points).
+built (biases stay rigorous: both inflection points are cut points, and three refinement
+passes tighten chord biases) and compared, at the midpoint, with the constant lines of the
+interval image; with three or more the constant lines are used.  Parameters:
+``tangent_lower``, ``tangent_upper`` (points).
 """
 
 from __future__ import annotations
