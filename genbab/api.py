@@ -60,7 +60,7 @@ def verify(model: Model | str | Path, spec: Spec | str | Path, timeout: float = 
     open_cases = torch.arange(spec.n_cases)
     if bounds:
         open_cases = run_bounds(model, spec, deadline, alpha, stats, progress)
-        if len(open_cases) and bab:
+        if len(open_cases) and bab and "error" not in stats["bounds"]:
             reserve = max(1.0, 0.1 * (deadline - time.monotonic()))
             open_cases = run_bab(model, spec, open_cases, deadline - reserve, bab_config, stats, progress)
         if len(open_cases) == 0:

@@ -142,7 +142,7 @@ class Attacker:
                 return None
             x.requires_grad_(True)
             m = self.margin(x, case)
-            (grad,) = torch.autograd.grad(m.sum(), x)
+            grad = self._gradient(m, x)
             witness = self._check(x.detach(), m.detach(), case)
             if witness is not None:
                 return witness
@@ -153,6 +153,15 @@ class Attacker:
             self.stats.steps += 1
         with torch.no_grad():
             return self._check(x, self.margin(x, case), case)
+
+    @staticmethod
+    def _gradient(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``d sum(m) / dx``; zero where the output has no gradient path to the input (the
+        steps then keep the random start, and the round is plain random sampling)."""
+        if not m.requires_grad:
+            return torch.zeros_like(x)
+        (grad,) = torch.autograd.grad(m.sum(), x, allow_unused=True)
+        return torch.zeros_like(x) if grad is None else grad.nan_to_num(nan=0.0)
 
     def _check(self, x: torch.Tensor, m: torch.Tensor, case: torch.Tensor) -> Witness | None:
         """Track the best margin; replay the most violating points with ``m <= 0``."""
