@@ -90,6 +90,9 @@ def run_bounds(model: Model, spec: Spec, deadline: float, alpha: AlphaConfig, st
     except UnsupportedOpError as err:
         stats["bounds"] = {"error": str(err)}
         return torch.arange(spec.n_cases)
+    except (RuntimeError, ValueError) as err:  # a bound step failed: no proof, keep attacking
+        stats["bounds"] = {"error": f"{type(err).__name__}: {err}"}
+        return torch.arange(spec.n_cases)
     finite = report.case_bounds[torch.isfinite(report.case_bounds)]
     stats["bounds"] = {"seconds": round(report.seconds, 3), "boxes": report.boxes,
                        "proved_cases": int(report.proved.sum()),
@@ -110,7 +113,12 @@ def run_bab(model: Model, spec: Spec, open_cases: torch.Tensor, deadline: float,
     engine = engine_for(model)
     while remaining and time.monotonic() < deadline:
         case = remaining[0]
-        result = BranchAndBound(engine, spec.lower[case], spec.upper[case], spec.C[case], spec.d[case], config).run(deadline)
+        try:
+            result = BranchAndBound(engine, spec.lower[case], spec.upper[case], spec.C[case], spec.d[case],
+                                    config).run(deadline)
+        except (RuntimeError, ValueError) as err:  # no proof from this case; the attack goes on
+            reports.append({"case": case, "status": "error", "error": f"{type(err).__name__}: {err}"})
+            break
         reports.append({"case": case, "status": result.status, "visited": result.visited, "open": result.open,
                         "max_depth": result.max_depth, "history": result.history[-10:]})
         if result.status != "unsat":
