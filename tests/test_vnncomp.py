@@ -173,3 +173,28 @@ def test_vnnlib_satisfactory_suite_runs_against_the_solver(tmp_path: Path) -> No
     assert summary is not None, proc.stdout[-3000:] + proc.stderr[-3000:]
     passed, total, failed = (int(summary.group(i)) for i in (1, 2, 3))
     assert total > 0 and failed == 0 and passed >= 1, proc.stdout[-3000:]
+
+
+def test_genbab_verify_reads_vnnlib2_queries(tmp_path) -> None:
+    """``genbab.load_spec`` (hence ``genbab verify``) routes VNN-LIB 2.0 queries to the 2.0 parser."""
+    from pathlib import Path
+
+    import genbab
+    from genbab.errors import SpecError
+
+    model = Path(genbab.__file__).resolve().parent.parent / "specs" / "toy_mlp.onnx"
+    header = ("(vnnlib-version <2.0>)\n(declare-network N\n  (declare-input X float32 [1, 2])\n"
+              "  (declare-output Y float32 [1, 3])\n)\n")
+    box = "(assert (and (>= X[0,0] -1.0) (<= X[0,0] 1.0) (>= X[0,1] -1.0) (<= X[0,1] 1.0)))\n"
+    query = tmp_path / "q.vnnlib"
+    query.write_text(header + box + "(assert (>= Y[0,0] Y[0,1]))\n")
+    spec = genbab.load_spec(query)
+    assert spec.n_inputs == 2 and spec.n_outputs == 3
+    assert genbab.verify(model, spec, timeout=30).status == "sat"
+    strict = tmp_path / "strict.vnnlib"
+    strict.write_text(header + box.replace(">= X[0,0]", "> X[0,0]") + "(assert (>= Y[0,0] Y[0,1]))\n")
+    try:
+        genbab.load_spec(strict)
+        raise AssertionError("strict input bounds must be refused")
+    except SpecError as err:
+        assert "strict input bounds" in str(err)
