@@ -47,7 +47,7 @@ def test_sat_writes_result_file_and_json(tmp_path: Path) -> None:
     np.testing.assert_array_equal(y, [values["Y_0"], values["Y_1"], values["Y_2"]])
     report = json.loads(js.read_text())
     assert report["status"] == "sat" and len(report["witness"]["x"]) == 2
-    assert "attack_s" in report["stats"] and report["time_s"] > 0
+    assert report["stats"]["attack"]["points"] > 0 and "load_s" in report["stats"] and report["time_s"] > 0
 
 
 def test_property_that_holds_is_proved(tmp_path: Path) -> None:
