@@ -127,7 +127,7 @@ def test_vnnlib2_verify_answers_sat_with_assignment_and_unsat(tmp_path: Path) ->
 
 def test_vnnlib2_query_keeps_and_and_or_structure_and_strictness(tmp_path: Path) -> None:
     pytest.importorskip("vnnlib")
-    from genbab.bench.vnnlib2_spec import load_query, search_spec, witness_satisfies
+    from genbab.spec.vnnlib2 import load_query, search_spec, witness_satisfies
 
     q = tmp_path / "q.vnnlib"
     q.write_text(QUERY_V2.replace("(>= X[0,0] -1.0)", "(> X[0,0] -1.0)").format(

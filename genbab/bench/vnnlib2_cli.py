@@ -181,7 +181,7 @@ def parse_networks(tokens: tuple[str, ...]) -> dict[str, Path]:
 def run_query(query_path: Path, networks: dict[str, Path], deadline: float, seed: int) -> str:
     """Load the query and its model, verify until ``deadline``; the stdout text of the answer."""
     import genbab
-    from genbab.bench.vnnlib2_spec import QueryError, load_query, search_spec, witness_satisfies
+    from genbab.spec.vnnlib2 import QueryError, load_query, search_spec, witness_satisfies
 
     query = load_query(query_path)
     if set(networks) != {query.network}:

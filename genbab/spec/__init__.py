@@ -13,7 +13,7 @@ def load_spec(path, n_inputs: int | None = None, n_outputs: int | None = None) -
     margin anyway. Strict *input* bounds are refused, since a witness may sit on a box face."""
     from pathlib import Path
 
-    from genbab.bench.vnnlib2_spec import is_vnnlib2, load_query
+    from genbab.spec.vnnlib2 import is_vnnlib2, load_query
     from genbab.errors import SpecError
     from genbab.spec.vnnlib import parse_vnnlib_file
 
