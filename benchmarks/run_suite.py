@@ -1,10 +1,16 @@
 """Run genbab on shared benchmarks and tally verdicts against ``reference.csv``.
 
 Usage: python benchmarks/run_suite.py BENCH [BENCH...] [--timeout-scale F] [--max-timeout S] [--limit N]
-       [--no-bounds] [--out results.csv]
+       [--spread] [--no-bounds] [--no-bab] [--out results.csv] [--table table.md]
 Prints one line per instance and a summary per benchmark: proved (unsat), falsified (sat),
 open, *wrong* (disagreeing with the reference consensus), median time of solved instances.
-Each instance runs in this process (start-up is paid once); times exclude that start-up.
+Each instance runs in this process (start-up is paid once); times exclude that start-up and
+model loading (each model is loaded once per run).
+
+``--no-bab``: attack + alpha-CROWN only (``verify(..., bab=False)``). ``--limit N --spread``: N
+instances evenly spaced over ``instances.csv`` (several models), not the first N. ``--table``:
+a Markdown table per benchmark with the reference's verdicts on the same instances (consensus
+and alpha-beta-CROWN's own published result).
 """
 
 from __future__ import annotations
@@ -16,20 +22,46 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import genbab
 from genbab.api import verify
+from genbab.errors import GenbabError
 
 
 def instances(folder: Path) -> list[dict]:
     ref = {}
     if (folder / "reference.csv").exists():
-        ref = {(r["onnx"], r["vnnlib"]): r["consensus"] for r in csv.DictReader(open(folder / "reference.csv"))}
+        ref = {(r["onnx"], r["vnnlib"]): r for r in csv.DictReader(open(folder / "reference.csv"))}
     rows = []
     for onnx, vnnlib, timeout in csv.reader(open(folder / "instances.csv")):
+        known = ref.get((onnx, vnnlib), {})
         rows.append({"onnx": folder / onnx, "vnnlib": folder / vnnlib, "timeout": float(timeout),
-                     "expected": ref.get((onnx, vnnlib), "unknown")})
+                     "expected": known.get("consensus") or "unknown", "abcrown": known.get("abcrown_result") or "-"})
     return rows
+
+
+def subset(rows: list[dict], limit: int, spread: bool) -> list[dict]:
+    """The first ``limit`` rows, or ``limit`` rows evenly spaced over all of them (``spread``)."""
+    if not limit or limit >= len(rows):
+        return rows
+    if not spread:
+        return rows[:limit]
+    step = len(rows) / limit
+    return [rows[int(i * step)] for i in range(limit)]
+
+
+TABLE_HEAD = ("| benchmark | run / total | proved (unsat) | falsified (sat) | open | wrong | median s (solved) "
+              "| reference unsat / sat | alpha-beta-CROWN unsat / sat |\n|---|---|---|---|---|---|---|---|---|")
+
+
+def table_row(bench: str, rows: list[dict], total: int, tally: dict, median: float) -> str:
+    """One Markdown row: our tally and the reference's on the same instances."""
+    ref = [sum(r["expected"] == v for r in rows) for v in ("unsat", "sat")]
+    abc = [sum(r["abcrown"] == v for r in rows) for v in ("unsat", "sat")]
+    med = f"{median:.1f}" if median == median else "-"
+    return (f"| {bench} | {len(rows)} / {total} | {tally['unsat']} | {tally['sat']} | {tally['open']} | "
+            f"{tally['wrong']} | {med} | {ref[0]} / {ref[1]} | {abc[0]} / {abc[1]} |")
 
 
 def main() -> int:
@@ -38,21 +70,29 @@ def main() -> int:
     ap.add_argument("--timeout-scale", type=float, default=1.0)
     ap.add_argument("--limit", type=int, default=0)
     ap.add_argument("--max-timeout", type=float, default=0, help="cap every instance's timeout (seconds)")
+    ap.add_argument("--spread", action="store_true", help="with --limit: evenly spaced instances")
     ap.add_argument("--no-bounds", action="store_true")
+    ap.add_argument("--no-bab", action="store_true", help="attack + alpha-CROWN only, no branch and bound")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--table", type=Path, help="write a Markdown summary table here")
     args = ap.parse_args()
     root = Path(os.environ.get("GENBAB_BENCHMARKS", Path(__file__).resolve().parents[2] / "shared" / "benchmarks"))
-    out = []
+    out, table = [], [TABLE_HEAD]
     wrong_total = 0
     for bench in args.benchmarks:
-        rows = instances(root / bench)[: args.limit or None]
+        everything = instances(root / bench)
+        rows = subset(everything, args.limit, args.spread)
         tally, times, models = {"sat": 0, "unsat": 0, "open": 0, "wrong": 0}, [], {}
         for r in rows:
             model = models.get(r["onnx"]) or models.setdefault(r["onnx"], genbab.load_model(r["onnx"]))
             t0 = time.monotonic()
             timeout = r["timeout"] * args.timeout_scale
             timeout = min(timeout, args.max_timeout) if args.max_timeout else timeout
-            res = verify(model, r["vnnlib"], timeout=timeout, bounds=not args.no_bounds)
+            try:
+                status = verify(model, r["vnnlib"], timeout=timeout, bounds=not args.no_bounds, bab=not args.no_bab).status
+            except GenbabError as err:  # counted as open; the line shows why
+                status = f"error ({err})"
+            res = SimpleNamespace(status=status)
             dt = time.monotonic() - t0
             wrong = res.status in ("sat", "unsat") and r["expected"] in ("sat", "unsat") and res.status != r["expected"]
             tally["wrong"] += wrong
@@ -66,6 +106,9 @@ def main() -> int:
         print(f"== {bench}: unsat {tally['unsat']}, sat {tally['sat']}, open {tally['open']}, wrong {tally['wrong']}"
               f" of {len(rows)}; median solved time {median:.2f}s", flush=True)
         wrong_total += tally["wrong"]
+        table.append(table_row(bench, rows, len(everything), tally, median))
+        if args.table:
+            args.table.write_text("\n".join(table) + "\n")
     if args.out:
         with open(args.out, "w", newline="") as fh:
             csv.writer(fh).writerows([["benchmark", "onnx", "vnnlib", "result", "time_s", "expected"], *out])

@@ -59,10 +59,11 @@ def verify(model: Model | str | Path, spec: Spec | str | Path, timeout: float = 
         return Result("sat", witness, time.monotonic() - start, stats)
     open_cases = torch.arange(spec.n_cases)
     if bounds:
-        open_cases = run_bounds(model, spec, deadline, alpha, stats, progress)
+        open_cases, root_bounds = run_bounds(model, spec, deadline, alpha, stats, progress)
         if len(open_cases) and bab and "error" not in stats["bounds"]:
             reserve = max(1.0, 0.1 * (deadline - time.monotonic()))
-            open_cases = run_bab(model, spec, open_cases, deadline - reserve, bab_config, stats, progress)
+            open_cases = run_bab(model, spec, open_cases, deadline - reserve, bab_config, stats, progress,
+                                 root_bounds)
         if len(open_cases) == 0:
             return Result("unsat", None, time.monotonic() - start, stats)
     rest = spec.subset(open_cases)
@@ -81,27 +82,28 @@ def first_attack_budget(timeout: float) -> float:
 
 
 def run_bounds(model: Model, spec: Spec, deadline: float, alpha: AlphaConfig, stats: dict,
-               progress: ProgressCallback | None) -> torch.Tensor:
-    """alpha-CROWN on every case; returns the indices of the cases it did not prove."""
+               progress: ProgressCallback | None) -> tuple[torch.Tensor, list | None]:
+    """alpha-CROWN on every case; returns the indices of the cases it did not prove and, per case,
+    the intermediate bounds of its box (branch and bound starts from them)."""
     if progress is not None:
         progress("bounds", AttackStats(), deadline - time.monotonic())
     try:
         report = prove_cases(model, spec, deadline, alpha)
     except UnsupportedOpError as err:
         stats["bounds"] = {"error": str(err)}
-        return torch.arange(spec.n_cases)
+        return torch.arange(spec.n_cases), None
     except (RuntimeError, ValueError) as err:  # a bound step failed: no proof, keep attacking
         stats["bounds"] = {"error": f"{type(err).__name__}: {err}"}
-        return torch.arange(spec.n_cases)
+        return torch.arange(spec.n_cases), None
     finite = report.case_bounds[torch.isfinite(report.case_bounds)]
     stats["bounds"] = {"seconds": round(report.seconds, 3), "boxes": report.boxes,
                        "proved_cases": int(report.proved.sum()),
                        "worst_case_bound": float(finite.min()) if len(finite) else None}
-    return torch.nonzero(~report.proved).flatten()
+    return torch.nonzero(~report.proved).flatten(), report.root_bounds
 
 
 def run_bab(model: Model, spec: Spec, open_cases: torch.Tensor, deadline: float, config: BabConfig, stats: dict,
-            progress: ProgressCallback | None) -> torch.Tensor:
+            progress: ProgressCallback | None, root_bounds: list | None = None) -> torch.Tensor:
     """Branch and bound on each open case in turn; returns the cases still open (stops at the
     first case it cannot prove: the property can then no longer be proved)."""
     from genbab.bab.loop import BranchAndBound
@@ -115,12 +117,12 @@ def run_bab(model: Model, spec: Spec, open_cases: torch.Tensor, deadline: float,
         case = remaining[0]
         try:
             result = BranchAndBound(engine, spec.lower[case], spec.upper[case], spec.C[case], spec.d[case],
-                                    config).run(deadline)
+                                    config, root_bounds[case] if root_bounds else None).run(deadline)
         except (RuntimeError, ValueError) as err:  # no proof from this case; the attack goes on
             reports.append({"case": case, "status": "error", "error": f"{type(err).__name__}: {err}"})
             break
         reports.append({"case": case, "status": result.status, "visited": result.visited, "open": result.open,
-                        "max_depth": result.max_depth, "history": result.history[-10:]})
+                        "max_depth": result.max_depth, "history": result.history[-25:]})
         if result.status != "unsat":
             break
         remaining.pop(0)

@@ -40,11 +40,33 @@ def main() -> None:
 @click.option("--no-bab", is_flag=True, help="Attack, then alpha-CROWN on every disjunct; no branching.")
 @click.option("--no-bounds", is_flag=True, help="Attack only: never prove (answers sat or timeout).")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
+@click.option("--branching", type=click.Choice(["bbps", "babsr"]), default="bbps", show_default=True,
+              help="Neuron choice in branch and bound: BBPS (shortcut estimates) or the intercept-only score.")
+@click.option("--branching-points", type=click.Choice(["opt", "uniform"]), default="opt", show_default=True,
+              help="Split points of smooth ops: pre-optimised lookup tables or midpoints.")
+@click.option("--kernels", type=click.Choice(["auto", "triton", "torch"]), default="auto", show_default=True,
+              help="Bound kernels: Triton on CUDA devices (auto), or force one path.")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="CPU threads for tensor work (small bound steps run faster on one).")
 def verify(model: Path, spec: Path, timeout: float, results_file: Path | None, json_path: Path | None,
-           device: str, seed: int, no_bab: bool, no_bounds: bool, quiet: bool) -> None:
+           device: str, seed: int, no_bab: bool, no_bounds: bool, quiet: bool, branching: str,
+           branching_points: str, kernels: str, threads: int) -> None:
     """Check MODEL (.onnx[.gz]) against the VNN-LIB property SPEC (.vnnlib[.gz])."""
+    import torch
+
+    from genbab.bab.loop import BabConfig
+    from genbab.bounds.kernel_backend import backend_for, set_backend
+
+    torch.set_num_threads(threads)
     try:
-        result = _run_verify(model, spec, timeout, device, seed, quiet, bounds=not no_bounds, bab=not no_bab)
+        set_backend(kernels)
+        backend_for(device)  # refuses triton on a device it cannot serve, before any work
+    except (RuntimeError, ValueError) as err:  # e.g. --kernels triton without triton
+        _fail(results_file, f"error: {err}", 2)
+    bab_config = BabConfig(branching=branching, branching_points=branching_points)
+    try:
+        result = _run_verify(model, spec, timeout, device, seed, quiet, bounds=not no_bounds, bab=not no_bab,
+                             bab_config=bab_config)
     except GenbabError as err:
         _fail(results_file, f"error: {err}", 2)
     except KeyboardInterrupt:
@@ -67,7 +89,7 @@ def verify(model: Path, spec: Path, timeout: float, results_file: Path | None, j
 
 
 def _run_verify(model: Path, spec: Path, timeout: float, device: str, seed: int, quiet: bool, bounds: bool,
-                bab: bool):
+                bab: bool, bab_config):
     """Run :func:`genbab.api.verify` in a worker thread; answer ``timeout`` at the deadline.
 
     The library checks its deadline between steps, but one step (an alpha iteration on a big
@@ -92,7 +114,7 @@ def _run_verify(model: Path, spec: Path, timeout: float, device: str, seed: int,
     def work() -> None:
         try:
             outcome["result"] = api_verify(model, spec, timeout=timeout, seed=seed, device=device, bounds=bounds,
-                                           bab=bab, progress=reporter)
+                                           bab=bab, bab_config=bab_config, progress=reporter)
         except BaseException as err:  # handed to the main thread
             outcome["error"] = err
 
@@ -121,8 +143,11 @@ def _fail(results_file: Path | None, message: str, code: int) -> None:
 from genbab.bench.command import bench as _bench_command  # noqa: E402  (light: the runner loads lazily)
 from genbab.bench.vnnlib2_cli import vnnlib2 as _vnnlib2_command  # noqa: E402
 
+from genbab.tables_cli import tables as _tables_command  # noqa: E402
+
 main.add_command(_bench_command)
 main.add_command(_vnnlib2_command)
+main.add_command(_tables_command)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,12 @@ Cases sharing a box are bounded together: all their rows form the objective of o
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from genbab.bounds import engine_for
-from genbab.bounds.alpha import AlphaConfig, optimize_rows
+from genbab.bounds.alpha import AlphaConfig, optimize_rows, tighten_intermediates
 from genbab.bounds.engine import BoundsTimeout
 from genbab.model.model import Model
 from genbab.spec.spec import Spec
@@ -27,6 +27,7 @@ class ProofReport:
     case_bounds: torch.Tensor  # [n_cases] float64: max over rows of the row lower bounds
     boxes: int
     seconds: float
+    root_bounds: list = field(default_factory=list)  # per case: the intermediate bounds of its box (or None)
 
 
 def group_by_box(spec: Spec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -36,13 +37,21 @@ def group_by_box(spec: Spec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return unique, inverse, boxes
 
 
+TIGHTEN_SHARE = 0.3  # at most this share of the time left goes to tightening intermediate bounds
+
+
 def prove_cases(model: Model, spec: Spec, deadline: float, alpha: AlphaConfig = AlphaConfig(),
-                boxes_per_pass: int = 16) -> ProofReport:
-    """Bound every case with alpha-CROWN; stop (leaving cases unproved) at the deadline."""
+                boxes_per_pass: int = 16, tighten: bool = True) -> ProofReport:
+    """Bound every case with alpha-CROWN; stop (leaving cases unproved) at the deadline.
+
+    Where CROWN's intermediate bounds leave a case of a box unproved, they are tightened by
+    alpha-CROWN node by node (:func:`~genbab.bounds.alpha.tighten_intermediates`) and the
+    cases bounded again."""
     start = time.monotonic()
     engine = engine_for(model)
     unique, inverse, _ = group_by_box(spec)
     case_bounds = torch.full((spec.n_cases,), -torch.inf, dtype=torch.float64)
+    root_bounds: list = [None] * spec.n_cases
     for first in range(0, len(unique), boxes_per_pass):
         if time.monotonic() >= deadline:
             break
@@ -56,11 +65,27 @@ def prove_cases(model: Model, spec: Spec, deadline: float, alpha: AlphaConfig = 
         except BoundsTimeout:
             break
         lb = optimize_rows(engine, C, box, bounds, alpha, offset=d, deadline=deadline).detach()
+        if tighten and not _all_proved(lb, members, spec.n_rows) and time.monotonic() < deadline:
+            budget = time.monotonic() + TIGHTEN_SHARE * (deadline - time.monotonic())
+            bounds = tighten_intermediates(engine, box, bounds, deadline=budget)
+            again = optimize_rows(engine, C, box, bounds, alpha, offset=d, deadline=deadline).detach()
+            lb = torch.maximum(lb, again)
         for g, cases in enumerate(members):
+            for case in cases.tolist():
+                root_bounds[case] = {k: (lo[g:g + 1], hi[g:g + 1]) for k, (lo, hi) in bounds.items()}
             per_case = lb[g, : len(cases) * spec.n_rows].reshape(len(cases), spec.n_rows)
             case_bounds[cases] = per_case.amax(dim=1).to(torch.float64)
     proved = case_bounds > 0
-    return ProofReport(proved, case_bounds, len(unique), time.monotonic() - start)
+    return ProofReport(proved, case_bounds, len(unique), time.monotonic() - start, root_bounds)
+
+
+def _all_proved(lb: torch.Tensor, members: list[torch.Tensor], n_rows: int) -> bool:
+    """Whether every case of every box has a row with a positive lower bound."""
+    for g, cases in enumerate(members):
+        per_case = lb[g, : len(cases) * n_rows].reshape(len(cases), n_rows)
+        if not bool((per_case.amax(dim=1) > 0).all()):
+            return False
+    return True
 
 
 def _rows_for_groups(spec: Spec, members: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

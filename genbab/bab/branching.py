@@ -10,14 +10,22 @@ neuron over all candidate nodes is split.
 Input split (small inputs): ``|A_i| (u_i - l_i) / 2``, the part of the concretisation gap
 input ``i`` is responsible for, with ``A`` the bound's coefficient on the input.
 
-Split point: the op's natural point (``0`` for ReLU-like and S-shaped ops) when it lies inside
-the interval, else the midpoint.
+BBPS (default, :mod:`genbab.bab.bbps`): the estimated worst-child gain of each split, through
+the saved root linear bounds as shortcuts; the intercept score breaks ties where BBPS sees none.
+
+Split point: ReLU-like ops at their kink (``0``); smooth ops at the pre-optimised point of the
+op's lookup table (``points="opt"``) or the midpoint (``"uniform"``, and ops without a table).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from genbab.bab.bbps import Shortcut, node_scores
+from genbab.bab.branch_points import split_point
+from genbab.bounds.box import Box
 from genbab.bounds.engine import BoundEngine, Bounds
 from genbab.model.graph import Node
 
@@ -66,24 +74,57 @@ def neuron_scores(engine: BoundEngine, name: str, readers: list[Node], bounds: B
     return torch.where(width > MIN_WIDTH, score, torch.zeros_like(score))
 
 
-def split_points(engine: BoundEngine, readers: list[Node], lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-    """Where to split neurons with bounds ``[lo, hi]``: the op's natural point if inside, else the midpoint."""
-    mid = (lo + hi) / 2
-    natural = None
-    if not readers:
-        return mid
-    if len(readers) == 1 and engine.rules[readers[0].name].kind == "elementwise":
-        natural = engine.rules[readers[0].name].op.traits.split_point
-    if natural is None:
-        return mid
-    inside = (lo < natural) & (natural < hi)
-    return torch.where(inside, torch.full_like(mid, natural), mid)
+def split_points(engine: BoundEngine, readers: list[Node], lo: torch.Tensor, hi: torch.Tensor,
+                 mode: str = "opt") -> torch.Tensor:
+    """Where to split neurons with bounds ``[lo, hi]`` read by ``readers``: ReLU-like ops at their
+    kink, smooth ops at the lookup table's point (``mode="opt"``) or the midpoint (``"uniform"``,
+    inputs, products and ops without a table); see :mod:`genbab.bab.branch_points`."""
+    if len(readers) != 1 or engine.rules[readers[0].name].kind != "elementwise":
+        return (lo + hi) / 2
+    return split_point(engine.rules[readers[0].name].op, lo, hi, mode=mode).to(lo.dtype)
+
+
+@dataclass(frozen=True)
+class BranchingContext:
+    """What a branching decision may read besides the domains' bounds."""
+
+    method: str = "bbps"  # "bbps" | "babsr"
+    points: str = "opt"  # "opt" | "uniform"
+    shortcuts: dict[str, Shortcut] | None = None
+    box: Box | None = None
+
+
+def candidate_scores(engine: BoundEngine, name: str, readers: list[Node], bounds: Bounds,
+                     record: dict[str, torch.Tensor], best_row: torch.Tensor, ctx: BranchingContext,
+                     points: torch.Tensor) -> torch.Tensor:
+    """``[D, n]`` scores of one candidate node: BBPS where a shortcut and a single elementwise
+    reader exist (falling back to the intercept score where BBPS expects no gain), else BaBSR."""
+    babsr = neuron_scores(engine, name, readers, bounds, record, best_row)
+    shortcut = (ctx.shortcuts or {}).get(name)
+    if (ctx.method != "bbps" or shortcut is None or len(readers) != 1 or ctx.box is None
+            or engine.rules[readers[0].name].kind != "elementwise" or readers[0].name not in record):
+        return babsr
+    lo, hi = (b.reshape(b.shape[0], -1) for b in bounds[name])
+    D = lo.shape[0]
+    lam = record[readers[0].name][torch.arange(D), best_row].reshape(D, -1)
+    gain = node_scores(engine, readers[0], shortcut, lam, lo, hi, points, ctx.box)
+    width_ok = (hi - lo) > MIN_WIDTH
+    # BBPS gains rank first; where BBPS sees no gain the intercept score (scaled far below) decides
+    fallback = babsr / (1 + babsr.amax(dim=1, keepdim=True)) * 1e-9
+    return torch.where(width_ok & (gain > 0), gain.clamp(max=GAP_CAP), fallback)
 
 
 def choose_splits(engine: BoundEngine, candidates: list[str], readers: dict[str, list[Node]], bounds: Bounds,
-                  record: dict[str, torch.Tensor], best_row: torch.Tensor):
+                  record: dict[str, torch.Tensor], best_row: torch.Tensor,
+                  ctx: BranchingContext = BranchingContext()):
     """Per domain: (candidate index or -1, flat neuron index, split point)."""
-    scores = [neuron_scores(engine, c, readers[c], bounds, record, best_row) for c in candidates]
+    all_points, scores = [], []
+    for c in candidates:
+        lo, hi = (b.reshape(b.shape[0], -1) for b in bounds[c])
+        node_readers = [] if c == engine.graph.input_name else readers[c]
+        pts = split_points(engine, node_readers, lo, hi, ctx.points)
+        all_points.append(pts)
+        scores.append(candidate_scores(engine, c, node_readers, bounds, record, best_row, ctx, pts))
     sizes = [s.shape[1] for s in scores]
     flat = torch.cat(scores, dim=1)
     best = flat.argmax(dim=1)
@@ -91,13 +132,6 @@ def choose_splits(engine: BoundEngine, candidates: list[str], readers: dict[str,
     offsets = torch.tensor([0] + sizes).cumsum(0)
     node = torch.searchsorted(offsets[1:], best, right=True)
     index = best - offsets[node]
-    points = torch.zeros(len(best), dtype=torch.float64)
-    for c, name in enumerate(candidates):
-        rows = torch.nonzero(node == c).flatten()
-        if len(rows) == 0:
-            continue
-        lo, hi = (b.reshape(b.shape[0], -1)[rows, index[rows]] for b in bounds[name])
-        natural_readers = [] if name == engine.graph.input_name else readers[name]
-        points[rows] = split_points(engine, natural_readers, lo, hi).to(torch.float64)
+    points = torch.cat(all_points, dim=1).gather(1, best[:, None]).squeeze(1).to(torch.float64)
     node = torch.where(has_split, node, torch.full_like(node, -1))
     return node, index, points

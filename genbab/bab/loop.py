@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from genbab.bab.branching import choose_splits, consumers
+from genbab.bab.bbps import root_shortcuts
+from genbab.bab.branching import BranchingContext, choose_splits, consumers
+from genbab.bab.clipping import clip_box
 from genbab.bab.domains import DomainBatch, root_domains, split
 from genbab.bounds.alpha import AlphaConfig, optimize_rows
 from genbab.bounds.engine import BoundEngine, BoundsTimeout
@@ -28,9 +30,15 @@ from genbab.bounds.engine import BoundEngine, BoundsTimeout
 @dataclass(frozen=True)
 class BabConfig:
     batch_size: int = 64
-    max_domains: int = 100_000
+    max_domains: int = 5_000_000
     alpha_iterations: int = 8
-    input_split_max_dims: int = 32  # also split the input box when it has at most this many dims
+    input_split_max_dims: int = 32  # inputs with at most this many dims: split the input box only
+    input_batch_size: int = 4096  # domains per batch when splitting the input
+    input_lookahead: bool = False  # input splits: bound both halves along every dimension to choose
+    input_widest_every: int = 0  # input splits: every this many levels split the relatively widest dimension
+    branching: str = "bbps"  # "bbps" | "babsr" (activation splits)
+    branching_points: str = "opt"  # "opt" (lookup tables) | "uniform" (midpoints)
+    memory_bytes: float = 4e9  # the open domains' split bounds may use about this much
 
 
 @dataclass
@@ -46,17 +54,22 @@ class BranchAndBound:
     """Proves ``min_{x in box} max_j (C f(x) - d)_j > 0`` by splitting nonlinearity inputs."""
 
     def __init__(self, engine: BoundEngine, lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor,
-                 d: torch.Tensor, config: BabConfig = BabConfig()):
+                 d: torch.Tensor, config: BabConfig = BabConfig(), root_bounds=None):
         self.engine, self.config = engine, config
         self.lower, self.upper = lower, upper
         self.C, self.d = C.to(engine.dtype), d.to(engine.dtype)
         self.input = engine.graph.input_name
-        self.candidates = sorted(n for n in engine.needs_bounds if n != self.input)
-        if math.prod(engine.graph.input_shape) <= config.input_split_max_dims:
-            self.candidates.append(self.input)
+        self.input_mode = math.prod(engine.graph.input_shape) <= config.input_split_max_dims
+        if self.input_mode:
+            self.candidates = [self.input]
+        else:
+            self.candidates = sorted(n for n in engine.needs_bounds if n != self.input)
         self.readers = consumers(engine, self.candidates)
         self.start = time.monotonic()
-        self.root_bounds = None  # CROWN bounds of the root, reused (and refreshed by IBP) below it
+        self.root_bounds = root_bounds  # the root's intermediate bounds, reused (and refreshed by IBP) below it
+        self.shortcuts: dict | None = None  # BBPS: root linear bounds of the candidate nodes
+        per_domain = sum(2 * 8 * math.prod(engine.shapes[c]) for c in self.candidates) + 64
+        self.max_domains = int(min(config.max_domains, config.memory_bytes // per_domain))
         self.alpha = AlphaConfig(iterations=config.alpha_iterations, lr=0.2, stop_when_positive=True)
 
     def bound(self, domains: DomainBatch, deadline: float) -> DomainBatch:
@@ -69,12 +82,21 @@ class BranchAndBound:
         box = self.engine.box(lower, upper)
         splits = {k: v for k, v in domains.clamps().items() if k != self.input}
         with torch.no_grad():
-            if self.root_bounds is None:
+            if self.input_mode:  # every sub-box gets its own CROWN bounds (inside the root's)
+                bounds = self.engine.intermediate_bounds(box, "crown", deadline, clamps=domains.clamps(),
+                                                         base=self.root_bounds)
+            elif self.root_bounds is None:
                 bounds = self.engine.intermediate_bounds(box, "crown", deadline, clamps=domains.clamps())
                 self.root_bounds = bounds
             else:
                 bounds = self.engine.intermediate_bounds(box, "ibp", deadline, clamps=domains.clamps(),
                                                          base=self.root_bounds)
+            if self.shortcuts is None:
+                self.shortcuts = {}
+                if not self.input_mode and self.config.branching == "bbps":
+                    root_box = self.engine.box(self.lower.reshape(1, -1), self.upper.reshape(1, -1))
+                    self.shortcuts = root_shortcuts(self.engine, self.candidates, root_box, self.root_bounds,
+                                                    deadline)
         record: dict[str, torch.Tensor] = {}
         C, d = self.C.expand(D, -1, -1), self.d.expand(D, -1)
         rows = optimize_rows(self.engine, C, box, bounds, self.alpha, offset=d, deadline=deadline, record=record,
@@ -86,8 +108,62 @@ class BranchAndBound:
             empty |= (lo > hi).reshape(D, -1).any(dim=1)
         lb = torch.maximum(lb.to(torch.float64), domains.lb)  # a child lies inside its parent
         lb = torch.where(empty, torch.full_like(lb, torch.inf), lb)
-        node, index, point = choose_splits(self.engine, self.candidates, self.readers, bounds, record, best_row)
-        return DomainBatch(domains.lower, domains.upper, lb.to(torch.float64), domains.depth, node, index, point)
+        lower_d, upper_d = domains.lower, domains.upper
+        if self.input_mode and self.input in record:  # shrink each box to where a counterexample may be
+            clipped = clip_box(lower, upper, record[self.input], record["rows"])
+            lb = torch.where((clipped[0] > clipped[1]).any(dim=1), torch.full_like(lb, torch.inf), lb)
+            shape = domains.lower[self.input].shape
+            lower_d = {**lower_d, self.input: clipped[0].reshape(shape).to(self.engine.dtype)}
+            upper_d = {**upper_d, self.input: clipped[1].reshape(shape).to(self.engine.dtype)}
+            bounds = {**bounds, self.input: (lower_d[self.input], upper_d[self.input])}
+        ctx = BranchingContext(self.config.branching, self.config.branching_points, self.shortcuts, box)
+        node, index, point = choose_splits(self.engine, self.candidates, self.readers, bounds, record, best_row, ctx)
+        if self.input_mode and self.config.input_widest_every > 0:
+            index, point = self.widest_every(domains.depth, lower_d[self.input].reshape(D, -1),
+                                             upper_d[self.input].reshape(D, -1), index, point)
+        if self.input_mode and self.config.input_lookahead:
+            open_ = torch.nonzero(~(lb > 0)).flatten()
+            if len(open_):
+                lo_c, hi_c = (b.reshape(D, -1)[open_] for b in (lower_d[self.input], upper_d[self.input]))
+                index[open_], point[open_] = self.lookahead_split(lo_c, hi_c, index[open_], deadline)
+        return DomainBatch(lower_d, upper_d, lb.to(torch.float64), domains.depth, node, index, point)
+
+    def widest_every(self, depth, lower, upper, index, point):
+        """At every ``input_widest_every``-th level, split the input dimension with the largest width
+        relative to the root box instead (coefficient scores never pick a dimension the linear bound
+        ignores, such as one entering only through an even function)."""
+        lower = torch.maximum(lower, self.lower.reshape(1, -1).to(lower.dtype))
+        upper = torch.minimum(upper, self.upper.reshape(1, -1).to(upper.dtype))
+        root_width = (self.upper - self.lower).reshape(1, -1).to(lower.dtype).clamp_min(1e-300)
+        widest = ((upper - lower) / root_width).argmax(dim=1)
+        use = (depth % self.config.input_widest_every) == self.config.input_widest_every - 1
+        index = torch.where(use, widest, index)
+        mid = ((lower + upper) / 2).gather(1, index[:, None]).squeeze(1).to(torch.float64)
+        return index, torch.where(use, mid, point)
+
+    def lookahead_split(self, lower: torch.Tensor, upper: torch.Tensor, fallback: torch.Tensor,
+                        deadline: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Input split by look-ahead: bound both halves of every box along every input dimension
+        (CROWN, one batched pass) and split where the worse half's bound is highest; ``fallback``
+        (the coefficient score's choice) where no dimension improves on it."""
+        D, n = lower.shape
+        mid = (lower + upper) / 2
+        lo, hi = lower.unsqueeze(1).repeat(1, 2 * n, 1), upper.unsqueeze(1).repeat(1, 2 * n, 1)
+        dims = torch.arange(n)
+        hi[:, dims, dims] = mid
+        lo[:, n + dims, dims] = mid
+        box = self.engine.box(torch.maximum(lo.reshape(-1, n), self.lower.reshape(1, -1).to(lo.dtype)),
+                              torch.minimum(hi.reshape(-1, n), self.upper.reshape(1, -1).to(hi.dtype)))
+        with torch.no_grad():
+            bounds = self.engine.intermediate_bounds(box, "crown", deadline, base=self.root_bounds)
+            B = box.batch
+            rows = self.engine.bound_rows(self.C.expand(B, -1, -1), box, bounds) - self.d.expand(B, -1)
+        child = rows.nan_to_num(nan=-torch.inf).amax(dim=1).reshape(D, 2, n)
+        worst = child.amin(dim=1)  # [D, n]
+        best = worst.argmax(dim=1)
+        width_ok = (upper - lower).gather(1, best[:, None]).squeeze(1) > 0
+        index = torch.where(width_ok, best, fallback)
+        return index, mid.gather(1, index[:, None]).squeeze(1).to(torch.float64)
 
     def run(self, deadline: float) -> BabResult:
         result = BabResult("timeout")
@@ -106,12 +182,13 @@ class BranchAndBound:
                 self._log(result, open_domains)
                 if len(open_domains) == 0:
                     return self._finish(result, "unsat", open_domains)
-                if len(open_domains) > self.config.max_domains:
+                if len(open_domains) > self.max_domains:
                     return self._finish(result, "unknown", open_domains)
                 if time.monotonic() >= deadline:
                     return self._finish(result, "timeout", open_domains)
                 order = torch.argsort(open_domains.lb)
-                take = max(1, self.config.batch_size // 2)
+                batch = self.config.input_batch_size if self.input_mode else self.config.batch_size
+                take = max(1, batch // 2)
                 parents, open_domains = open_domains.select(order[:take]), open_domains.select(order[take:])
                 to_bound = split(parents, self.candidates)
         except BoundsTimeout:
@@ -123,5 +200,6 @@ class BranchAndBound:
 
     def _finish(self, result: BabResult, status: str, open_domains: DomainBatch) -> BabResult:
         result.status, result.open = status, len(open_domains)
-        result.history = result.history[-50:]
+        self.open_domains = open_domains
+        result.history = result.history[:: max(1, len(result.history) // 25)][-50:]
         return result

@@ -11,6 +11,8 @@ the vector-Jacobian product ``v -> (v^T L_1, ..., v^T L_k)`` from ``torch.func.v
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from genbab.model.graph import InputRef, Node
@@ -32,7 +34,10 @@ class AffineMap:
         with torch.enable_grad():
             self._out = self.forward(*self._zeros)
         self.const = self._out.detach()
+        self._const_flat = self.const.reshape(-1)
+        self._const_zero = not bool(self._const_flat.any())
         self._jacobians: list[torch.Tensor] | None = None
+        self._fast = fast_rule(node, input_shapes, self)
 
     def _vjp_batched(self, cotangents: torch.Tensor) -> list[torch.Tensor]:
         """``v -> v^T L_i`` for a batch of cotangents ``[N, *out]`` (differentiable in ``v``).
@@ -53,24 +58,23 @@ class AffineMap:
     def backward(self, A: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """``A`` ``[B, S, *out]`` -> coefficients per input ``[B, S, *in_i]`` and bias ``[B, S]``."""
         B, S = A.shape[:2]
-        bias = (A * self.const).reshape(B, S, -1).sum(-1)
-        fast = self._fast_backward(A)
-        if fast is not None:
-            return [fast], bias
-        grads = self._vjp_batched(A.reshape(B * S, *A.shape[2:]))
-        return [g.reshape(B, S, *shape) for g, shape in zip(grads, self.input_shapes)], bias
+        bias = self.bias_of(A)
+        if self._fast is not None:
+            return self._fast(A), bias
+        return self.vjp_rows(A), bias
 
-    def _fast_backward(self, A: torch.Tensor) -> torch.Tensor | None:
-        """Direct ``A L`` for the commonest maps (autograd's batched VJP costs far more):
-        a Linear layer on the last axis (``A W``) and pure reshapes."""
-        node, B, S = self.node, A.shape[0], A.shape[1]
-        if len(node.inputs) != 1:
-            return None
-        if isinstance(node.module, torch.nn.Linear) and len(node.args) == 1:
-            return A @ node.module.weight
-        if node.op_type in RESHAPES:
-            return A.reshape(B, S, *self.input_shapes[0])
-        return None
+    def bias_of(self, A: torch.Tensor) -> torch.Tensor:
+        """``A c`` per row ``[B, S]`` (``c = f(0)``); zero without a pass over ``A`` when ``c = 0``."""
+        B, S = A.shape[:2]
+        if self._const_zero:
+            return torch.zeros(B, S, dtype=A.dtype, device=A.device)
+        return A.reshape(B, S, -1) @ self._const_flat.to(A.dtype)
+
+    def vjp_rows(self, A: torch.Tensor) -> list[torch.Tensor]:
+        """``A L_i`` for every input by autograd (the general path)."""
+        B, S = A.shape[:2]
+        grads = self._vjp_batched(A.reshape(B * S, *A.shape[2:]))
+        return [g.reshape(B, S, *shape) for g, shape in zip(grads, self.input_shapes)]
 
     def jacobians(self) -> list[torch.Tensor]:
         """``L_i`` as ``[n_out, n_in_i]`` matrices (cached)."""
@@ -89,6 +93,8 @@ class AffineMap:
             d_lo.diagonal(dim1=-2, dim2=-1).zero_()
             d_hi.diagonal(dim1=-2, dim2=-1).zero_()
             return d_lo, d_hi
+        if self.node.op_type == "Center":
+            return center_interval(self.node, self._batched, lows[0], highs[0])
         signs = monotone_signs(self.node)
         if signs is not None:
             low_in = [lo if s > 0 else hi for s, lo, hi in zip(signs, lows, highs)]
@@ -125,6 +131,176 @@ HUGE = 1e300
 RESHAPES = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout"})
 CONV_TYPES = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d,
               torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)
+
+
+# --------------------------------------------------------------------------- fast backward rules
+# Each rule maps ``A`` ``[B, S, *out]`` to the coefficient(s) ``A L_i`` directly. A rule is only
+# used after it reproduced the autograd VJP on random rows (see :func:`fast_rule`).
+
+DIAGONAL = frozenset({"BatchNormalization", "Mul", "Div", "Add", "Sub", "Neg", "Identity", "Dropout"})
+
+
+def fast_rule(node: Node, input_shapes: list[tuple[int, ...]], affine: "AffineMap"):
+    """The first matching direct rule for ``node``, checked against autograd; None for the general path."""
+    for make in (_linear_rule, _reshape_rule, _transpose_rule, _softmax_diff_rule, _center_rule, _reduce_rule,
+                 _diagonal_rule, _sum_rule, _matmul_const_rule):
+        try:
+            rule = make(node, input_shapes, affine)
+        except Exception:  # a rule that cannot read this node's form does not apply
+            rule = None
+        if rule is not None:
+            return rule if _agrees(rule, affine) else None
+    return None
+
+
+def _agrees(rule, affine: "AffineMap") -> bool:
+    """Does ``rule`` give the autograd coefficients on three random rows (float64 round-off aside)?"""
+    const = affine.const
+    A = torch.randn(1, 3, *const.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    A = A.to(device=const.device, dtype=const.dtype)
+    try:
+        ours, ref = rule(A), affine.vjp_rows(A)
+    except Exception:
+        return False
+    if len(ours) != len(ref):
+        return False
+    for a, b in zip(ours, ref):
+        scale = 1.0 + float(b.abs().max()) if b.numel() else 1.0
+        if a.shape != b.shape or not torch.allclose(a, b, rtol=1e-9, atol=1e-9 * scale):
+            return False
+    return True
+
+
+def _lead(A: torch.Tensor) -> tuple[int, int]:
+    return A.shape[0], A.shape[1]
+
+
+def _linear_rule(node, shapes, affine):
+    """``y = x W^T + b``: ``A W``."""
+    if len(node.inputs) == 1 and len(node.args) == 1 and isinstance(node.module, torch.nn.Linear):
+        weight = node.module.weight.detach()
+        return lambda A: [A @ weight]
+    return None
+
+
+def _reshape_rule(node, shapes, affine):
+    """Pure reshapes keep the element order: the coefficients are ``A`` reshaped."""
+    if len(node.inputs) == 1 and node.op_type in RESHAPES:
+        return lambda A: [A.reshape(*_lead(A), *shapes[0])]
+    return None
+
+
+def _transpose_rule(node, shapes, affine):
+    """``y = x.permute(p)``: ``A`` permuted by the inverse of ``p``."""
+    if len(node.inputs) != 1 or node.op_type != "Transpose":
+        return None
+    perm = getattr(node.module, "perm", None) or node.attrs.get("perm") or list(range(len(shapes[0])))[::-1]
+    inverse = [list(perm).index(axis) for axis in range(len(perm))]
+    return lambda A: [A.permute(0, 1, *(2 + k for k in inverse))]
+
+
+def _softmax_diff_rule(node, shapes, affine):
+    """``D_ij = x_j - x_i``: ``sum_ij A_ij D_ij = sum_k x_k (sum_i A_ik - sum_j A_kj)``."""
+    if node.op_type == "SoftmaxDiff" and len(node.inputs) == 1:
+        return lambda A: [A.sum(-2) - A.sum(-1)]
+    return None
+
+
+def _center_rule(node, shapes, affine):
+    """``c = x - mean(x)`` has the symmetric Jacobian ``I - 11^T / n``: ``A - mean(A)``."""
+    if node.op_type == "Center" and len(node.inputs) == 1:
+        axes = [2 + a for a in node.module.axes]
+        return lambda A: [A - A.mean(dim=axes, keepdim=True)]
+    return None
+
+
+def center_interval(node: Node, batched, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact interval of ``c_i = (1 - 1/n) x_i - (1/n) sum_{j != i} x_j`` over a box:
+    centre ``c(mid)``, radius ``(1 - 2/n) r_i + mean(r)`` (``n`` elements per group)."""
+    axes = [1 + a for a in node.module.axes]
+    n = math.prod(lo.shape[a] for a in axes)
+    lo, hi = lo.clamp(min=-HUGE), hi.clamp(max=HUGE)
+    mid, rad = batched([(lo + hi) / 2]), (hi - lo) / 2
+    rad = (1 - 2 / n) * rad + rad.mean(dim=axes, keepdim=True)
+    return mid - rad, mid + rad
+
+
+def _reduce_rule(node, shapes, affine):
+    """Sum (mean) over ``axes``: ``A`` broadcast back over the reduced axes (divided by their size)."""
+    if len(node.inputs) != 1 or node.op_type not in ("ReduceSum", "ReduceMean"):
+        return None
+    axes, keepdims = reduce_axes(node, len(shapes[0]))
+    if axes is None:
+        return None
+    in_shape = shapes[0]
+    count = math.prod(in_shape[a] for a in axes)
+    mean = node.op_type == "ReduceMean"
+
+    def rule(A):
+        if not keepdims:
+            for a in sorted(axes):
+                A = A.unsqueeze(2 + a)
+        A = A.expand(*_lead(A), *in_shape)
+        return [A / count if mean else A]
+    return rule
+
+
+def reduce_axes(node: Node, rank: int) -> tuple[list[int] | None, bool]:
+    """``(axes, keepdims)`` of a reduction node with static axes (ours or onnx2torch's), else ``(None, _)``."""
+    module = node.module
+    if getattr(module, "__name__", "") == "reduce_last":
+        return [rank - 1], False
+    axes = getattr(module, "axes", getattr(module, "_axes", None))
+    keep = getattr(module, "keepdims", getattr(module, "_keepdims", None))
+    if not axes or keep is None:  # None or empty: onnx2torch reduces over every axis
+        return None, True
+    return sorted(int(a) % rank for a in axes), bool(keep)
+
+
+def _diagonal_rule(node, shapes, affine):
+    """Elementwise affine maps of one input (BatchNorm, scaling, shifts): ``A * diag(L)``."""
+    if len(node.inputs) != 1 or node.op_type not in DIAGONAL or tuple(shapes[0]) != tuple(affine.const.shape):
+        return None
+    ones = torch.ones(1, 1, *affine.const.shape, dtype=affine.const.dtype, device=affine.const.device)
+    diag = affine.vjp_rows(ones)[0][0, 0].detach()
+    if bool((diag == 1).all()):
+        return lambda A: [A]
+    return lambda A: [A * diag]
+
+
+def _sum_rule(node, shapes, affine):
+    """``Add``/``Sub`` of distinct dependent inputs: ``+-A`` summed over each input's broadcast axes."""
+    refs = [a for a in node.args[:2] if isinstance(a, InputRef)]
+    if node.op_type not in ("Add", "Sub") or len(refs) != 2 or len(node.inputs) != 2 or refs[0] == refs[1]:
+        return None
+    signs = {refs[0].index: 1.0, refs[1].index: -1.0 if node.op_type == "Sub" else 1.0}
+    out_rank = affine.const.dim()
+
+    def rule(A):
+        out = []
+        for i, shape in enumerate(shapes):
+            padded = (*_lead(A), *([1] * (out_rank - len(shape))), *shape)
+            coeff = A.sum_to_size(padded).reshape(*_lead(A), *shape)
+            out.append(coeff if signs[i] > 0 else -coeff)
+        return out
+    return rule
+
+
+def _matmul_const_rule(node, shapes, affine):
+    """``x @ W`` -> ``A W^T``; ``W @ x`` -> ``W^T A`` (``A W`` for a vector ``x``); ``W`` a constant matrix."""
+    if node.op_type != "MatMul" or len(node.inputs) != 1 or len(node.args) != 2:
+        return None
+    (first, second), rank = node.args, len(shapes[0])
+    if isinstance(first, InputRef) and isinstance(second, torch.Tensor) and second.dim() == 2:
+        weight_t = second.detach().T
+        return lambda A: [A @ weight_t]
+    if isinstance(second, InputRef) and isinstance(first, torch.Tensor) and first.dim() == 2:
+        weight = first.detach()
+        if rank == 1:
+            return lambda A: [A @ weight]
+        weight_t = weight.T
+        return lambda A: [weight_t @ A]
+    return None
 
 
 def abs_copy(node: Node):

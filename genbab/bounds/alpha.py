@@ -10,6 +10,7 @@ rate fits wide and narrow intervals alike.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -37,11 +38,11 @@ def _scale(name: str, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
 class AlphaParams:
     """Free variables ``r`` with parameters ``p = r * scale`` per elementwise node."""
 
-    def __init__(self, engine: BoundEngine, bounds: Bounds, n_rows: int):
+    def __init__(self, engine: BoundEngine, bounds: Bounds, n_rows: int, before: int | None = None):
         self.engine, self.bounds = engine, bounds
         self.free: dict[str, dict[str, torch.Tensor]] = {}
         self.scales: dict[str, dict[str, torch.Tensor]] = {}
-        for node in engine.nodes:
+        for node in engine.nodes[:before]:
             rule = engine.rules[node.name]
             if rule.kind != "elementwise" or not rule.op.traits.param_names:
                 continue
@@ -114,12 +115,15 @@ def optimize_rows(engine: BoundEngine, C: torch.Tensor, box: Box, bounds: Bounds
                   splits: Bounds | None = None) -> torch.Tensor:
     """Best lower bounds ``[B, S]`` of ``C y - offset`` found by alpha optimisation (never below CROWN).
 
-    ``record`` receives the backward coefficients at the nonlinear nodes of the plain CROWN pass.
+    ``record`` receives the backward coefficients at the nonlinear nodes and at the input of the
+    plain CROWN pass, and that pass's row bounds under ``"rows"``.
     ``splits`` (branch and bound): per node the domain's split limits ``[B, *shape]``, whose
     beta multipliers are optimised jointly with alpha."""
     offset = torch.zeros(C.shape[:2], dtype=engine.dtype) if offset is None else offset.to(engine.dtype)
     with torch.no_grad():
         best = engine.bound_rows(C, box, bounds, record=record) - offset
+    if record is not None:
+        record["rows"] = best.clone()  # the plain CROWN rows, whose input coefficients record holds
     alpha = AlphaParams(engine, bounds, C.shape[1])
     beta = BetaParams(splits or {}, C.shape[1], engine.dtype)
     if not (alpha.free or beta.free) or config.iterations == 0 or (
@@ -141,3 +145,70 @@ def optimize_rows(engine: BoundEngine, C: torch.Tensor, box: Box, bounds: Bounds
         alpha.project()
         beta.project()
     return best
+
+
+def tighten_intermediates(engine: BoundEngine, box: Box, bounds: Bounds, iterations: int = 4, lr: float = 0.2,
+                          deadline: float | None = None, max_param_elements: float = 3e7) -> Bounds:
+    """Intermediate bounds tightened by alpha-CROWN, node by node in topological order.
+
+    For each CROWN target ``z`` (``n`` neurons) the rows ``+e_j`` and ``-e_j`` get their own
+    relaxation parameters for every elementwise node before ``z``, optimised with Adam for
+    ``sum_j lb_j(z) - ub_j(z)``; the best bounds seen are intersected with the current ones, and
+    the interval bounds of every later node are refreshed before the next target. Every iterate
+    is a sound bound, so stopping at the deadline (or skipping a node whose parameters would
+    exceed ``max_param_elements``) leaves sound, merely looser, bounds."""
+    bounds = dict(bounds)
+    for node in engine.nodes:
+        name = node.name
+        if name not in engine.crown_targets or engine._exact_by_ibp(node):
+            continue
+        if deadline is not None and time.monotonic() >= deadline:
+            break
+        best = _optimize_node(engine, node, box, bounds, iterations, lr, deadline, max_param_elements)
+        if best is None:
+            continue
+        n = best.shape[1] // 2
+        lo, hi = bounds[name]
+        lo = torch.maximum(lo, best[:, :n].reshape(lo.shape))
+        hi = torch.minimum(hi, (-best[:, n:]).reshape(hi.shape))
+        bounds[name] = (lo, hi)
+        _refresh_after(engine, engine.index[name], bounds)
+    return bounds
+
+
+def _optimize_node(engine: BoundEngine, node, box: Box, bounds: Bounds, iterations: int, lr: float,
+                   deadline: float | None, max_param_elements: float) -> torch.Tensor | None:
+    """Best ``[B, 2n]`` lower bounds of the rows ``+e_j`` / ``-e_j`` of ``node`` (None: skipped)."""
+    shape = engine.shapes[node.name]
+    n = math.prod(shape)
+    before = engine.index[node.name]
+    per_row = sum(math.prod(engine.shapes[m.inputs[0]]) for m in engine.nodes[:before]
+                  if engine.rules[m.name].kind == "elementwise" and engine.rules[m.name].op.traits.param_names)
+    if per_row == 0 or 2 * n * per_row * box.batch > max_param_elements:
+        return None
+    eye = torch.eye(n, dtype=engine.dtype, device=engine.device)
+    A = torch.cat([eye, -eye]).reshape(1, 2 * n, *shape).expand(box.batch, -1, *shape)
+    alpha = AlphaParams(engine, bounds, 2 * n, before=before)
+    opt = torch.optim.Adam(alpha.tensors(), lr=lr)
+    best = None
+    for _ in range(iterations):
+        if deadline is not None and time.monotonic() >= deadline:
+            break
+        lb = engine.bound_linear(node.name, A, box, bounds, alpha.params())
+        best = lb.detach() if best is None else torch.maximum(best, lb.detach())
+        if not lb.requires_grad:
+            break
+        opt.zero_grad()
+        (-lb.clamp(min=-1e12).sum()).backward()
+        opt.step()
+        alpha.project()
+    return best
+
+
+@torch.no_grad()
+def _refresh_after(engine: BoundEngine, index: int, bounds: Bounds) -> None:
+    """Intersect the interval image of every node after ``index`` into its bounds (in place)."""
+    for node in engine.nodes[index + 1:]:
+        lo, hi = engine.interval_step(node, bounds)
+        old_lo, old_hi = bounds[node.name]
+        bounds[node.name] = (torch.maximum(lo, old_lo), torch.minimum(hi, old_hi))

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from genbab.bounds import kernel_backend
+
 
 @dataclass(frozen=True)
 class Box:
@@ -34,6 +36,8 @@ class Box:
 
 def concretize_lower(A: torch.Tensor, bias: torch.Tensor, box: Box) -> torch.Tensor:
     """``min_{x in box} A x + b`` for ``A`` ``[batch, S, *input_shape]`` and ``b`` ``[batch, S]``."""
+    if kernel_backend.use_triton(A):
+        return kernel_backend.concretize_lower(A, bias, box.lower, box.upper)
     A_flat = A.reshape(A.shape[0], A.shape[1], -1)
     center = box.center.reshape(box.batch, -1, 1).to(A.dtype)
     radius = box.radius.reshape(box.batch, -1, 1).to(A.dtype)

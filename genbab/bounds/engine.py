@@ -81,12 +81,28 @@ class BoundEngine:
         producers = {n.name: n for n in self.nodes}
         targets = set()
         for name in self.needs_bounds:
+            while name in producers and self._interval_exact(producers[name]):
+                name = producers[name].inputs[0]
             while (name in producers and math.prod(self.shapes[name]) > max_neurons
                    and self.rules[name].kind == "affine" and len(producers[name].inputs) == 1):
                 name = producers[name].inputs[0]
             if math.prod(self.shapes[name]) <= max_neurons:
                 targets.add(name)  # larger ones keep their interval bounds (CROWN would cost 2n passes)
         return targets
+
+    def _interval_exact(self, node: Node) -> bool:
+        """Is CROWN on ``node`` never tighter than the interval step from its one input's bounds?
+
+        True for element permutations (reshapes, transposes: CROWN rows map one to one) and
+        monotone elementwise ops: CROWN's lower bound of ``h(z_i)`` is a relaxation line evaluated
+        at a bound of ``z_i`` at least as wide as ``[l_i, u_i]``, hence at most ``min h`` on it."""
+        if len(node.inputs) != 1:
+            return False
+        rule = self.rules[node.name]
+        if rule.kind == "elementwise":
+            return rule.op.traits.monotone is not None
+        return rule.kind == "affine" and node.op_type in ("Reshape", "Flatten", "Squeeze", "Unsqueeze",
+                                                           "Identity", "Dropout", "Transpose")
 
     def affine(self, node: Node) -> AffineMap:
         if node.name not in self._affine:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from genbab.bounds import kernel_backend
 from genbab.ops.relaxation import Relaxation
 
 
@@ -23,6 +24,8 @@ def _times(A: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
 
 def elementwise_backward(A: torch.Tensor, lines: Relaxation) -> tuple[torch.Tensor, torch.Tensor]:
     """``A`` ``[B, S, *shape]`` through ``h``: new coefficients on ``z`` and the bias ``[B, S]``."""
+    if kernel_backend.use_triton(A):
+        return kernel_backend.elementwise_backward(A, lines)
     pos, neg = A.clamp(min=0), A.clamp(max=0)
     coeff = pos * lines.slope_lower + neg * lines.slope_upper
     bias = _times(pos, lines.bias_lower) + _times(neg, lines.bias_upper)

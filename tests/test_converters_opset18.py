@@ -1,0 +1,136 @@
+"""Our onnx2torch converters for opset 18+ (axes as inputs, Split num_outputs, Pad axes...):
+the translated model equals onnxruntime, and the affine ones bound soundly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+import genbab
+from genbab.bounds import compute_bounds
+from genbab.errors import UnsupportedOpError
+
+X_SHAPE = [1, 3, 4, 5]
+
+
+def write(tmp_path: Path, nodes, y_shape, inits=(), opset: int = 18, x_shape=X_SHAPE) -> Path:
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)], list(inits))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 9
+    onnx.checker.check_model(model, full_check=True)
+    path = tmp_path / "m.onnx"
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def ints(name: str, values) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.array(values, np.int64), name)
+
+
+def check_against_onnxruntime(path: Path, bound: bool = True) -> genbab.Model:
+    """Translated outputs equal onnxruntime's on random inputs; for affine models (``bound``),
+    CROWN bounds over a box contain those of sampled inputs."""
+    model = genbab.load_model(path)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    xs = np.random.default_rng(0).standard_normal((8, *model.onnx_input_shape)).astype(np.float32)
+    ref = np.stack([sess.run(None, {"x": x})[0] for x in xs])
+    with torch.no_grad():
+        ours = model(torch.from_numpy(xs)).numpy()
+    assert ours.shape == ref.shape
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
+    if bound:
+        lower, upper = torch.from_numpy(xs.min(0)).double().reshape(-1), torch.from_numpy(xs.max(0)).double().reshape(-1)
+        lb, ub = compute_bounds(model, lower, upper, "crown")
+        assert bool((lb[0] <= torch.from_numpy(ref.reshape(8, -1)).double().min(0).values + 1e-5).all())
+        assert bool((ub[0] >= torch.from_numpy(ref.reshape(8, -1)).double().max(0).values - 1e-5).all())
+    return model
+
+
+@pytest.mark.parametrize("keepdims", [0, 1])
+def test_reduce_mean_axes_input(tmp_path: Path, keepdims: int) -> None:
+    shape = [1, 3, 1, 1] if keepdims else [1, 3]
+    nodes = [helper.make_node("ReduceMean", ["x", "axes"], ["y"], keepdims=keepdims)]
+    check_against_onnxruntime(write(tmp_path, nodes, shape, [ints("axes", [2, -1])]))
+
+
+def test_reduce_mean_axes_from_constant_node(tmp_path: Path) -> None:
+    """``axes`` made by a Constant node (not an initializer): the dynamic module, folded at load."""
+    nodes = [helper.make_node("Constant", [], ["axes"], value=ints("v", [1])),
+             helper.make_node("ReduceMean", ["x", "axes"], ["y"], keepdims=0)]
+    check_against_onnxruntime(write(tmp_path, nodes, [1, 4, 5]))
+
+
+def test_reduce_without_axes(tmp_path: Path) -> None:
+    """No axes: every axis; with ``noop_with_empty_axes`` the identity."""
+    nodes = [helper.make_node("ReduceMean", ["x"], ["m"], keepdims=1),
+             helper.make_node("ReduceSum", ["x"], ["s"], keepdims=1, noop_with_empty_axes=1),
+             helper.make_node("Add", ["m", "s"], ["y"])]
+    check_against_onnxruntime(write(tmp_path, nodes, X_SHAPE))
+
+
+@pytest.mark.parametrize("op", ["ReduceMax", "ReduceMin", "ReduceL1", "ReduceL2", "ReduceSumSquare",
+                                "ReduceLogSumExp", "ReduceProd"])
+def test_other_reductions_translate(tmp_path: Path, op: str) -> None:
+    """Not boundable (no rule), but translated exactly."""
+    nodes = [helper.make_node(op, ["x", "axes"], ["y"], keepdims=0)]
+    check_against_onnxruntime(write(tmp_path, nodes, [1, 4], [ints("axes", [1, 3])]), bound=False)
+
+
+def test_reduce_sum_opset18_bounds(tmp_path: Path) -> None:
+    nodes = [helper.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=0)]
+    check_against_onnxruntime(write(tmp_path, nodes, [1, 3, 5], [ints("axes", [2])]))
+
+
+def test_split_num_outputs_uneven(tmp_path: Path) -> None:
+    """Split 18 of 5 into 2 outputs is [3, 2] (ceil), reordered by a Concat."""
+    nodes = [helper.make_node("Split", ["x"], ["a", "b"], axis=3, num_outputs=2),
+             helper.make_node("Concat", ["b", "a"], ["y"], axis=3)]
+    check_against_onnxruntime(write(tmp_path, nodes, X_SHAPE))
+
+
+def test_split_sizes_input(tmp_path: Path) -> None:
+    nodes = [helper.make_node("Split", ["x", "sizes"], ["a", "b", "c"], axis=2),
+             helper.make_node("Concat", ["c", "a", "b"], ["y"], axis=2)]
+    check_against_onnxruntime(write(tmp_path, nodes, X_SHAPE, [ints("sizes", [1, 2, 1])]))
+
+
+def test_pad_with_axes(tmp_path: Path) -> None:
+    value = numpy_helper.from_array(np.array(0.5, np.float32), "value")
+    nodes = [helper.make_node("Pad", ["x", "pads", "value", "axes"], ["y"], mode="constant")]
+    check_against_onnxruntime(write(tmp_path, nodes, [1, 3, 7, 6], [ints("pads", [1, 0, 2, 1]), value,
+                                                                    ints("axes", [2, -1])]))
+
+
+def test_pad_without_axes(tmp_path: Path) -> None:
+    nodes = [helper.make_node("Pad", ["x", "pads"], ["y"], mode="constant")]
+    check_against_onnxruntime(write(tmp_path, nodes, [1, 3, 5, 7], [ints("pads", [0, 0, 1, 1, 0, 0, 0, 1])]))
+
+
+def test_resize_opset18_nearest(tmp_path: Path) -> None:
+    scales = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
+    roi = numpy_helper.from_array(np.array([], np.float32), "roi")  # onnx2torch reads an empty name as a node
+    nodes = [helper.make_node("Resize", ["x", "roi", "scales"], ["y"], mode="nearest")]
+    check_against_onnxruntime(write(tmp_path, nodes, [1, 3, 8, 10], [scales, roi]))
+
+
+def test_resize_antialias_is_refused(tmp_path: Path) -> None:
+    scales = numpy_helper.from_array(np.array([1, 1, 0.5, 0.5], np.float32), "scales")
+    nodes = [helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="linear", antialias=1)]
+    with pytest.raises(UnsupportedOpError):
+        genbab.load_model(write(tmp_path, nodes, [1, 3, 2, 2], [scales]))
+
+
+def test_opset21_type_only_versions(tmp_path: Path) -> None:
+    """Reshape/Transpose/Flatten/Cast at opset 21 translate with their older converters."""
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 1, 3]),
+             helper.make_node("Reshape", ["t", "shape"], ["r"]),
+             helper.make_node("Cast", ["r"], ["c"], to=TensorProto.FLOAT),
+             helper.make_node("Flatten", ["c"], ["y"], axis=1)]
+    check_against_onnxruntime(write(tmp_path, nodes, [1, 60], [ints("shape", [1, 4, 15])], opset=21))
