@@ -78,7 +78,7 @@ def verify(model: Model | str | Path, spec: Spec | str | Path, timeout: float = 
 def first_attack_budget(timeout: float) -> float:
     """At most this many seconds of attack before bounding (it also stops once it stalls): most
     counterexamples fall in the first seconds; the rest get the time left after bounding."""
-    return max(1.0, min(0.05 * timeout, 5.0))
+    return max(0.5, min(0.02 * timeout, 2.0))
 
 
 def run_bounds(model: Model, spec: Spec, deadline: float, alpha: AlphaConfig, stats: dict,

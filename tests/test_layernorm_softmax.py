@@ -47,7 +47,8 @@ def check_rewrite_matches_onnxruntime(path: Path, shape, expected_ops: set[str],
     rewritten = simplify_for_bounds(model.graph)
     assert expected_ops <= {n.op_type for n in rewritten.nodes}
     xs = np.random.default_rng(0).standard_normal((30, *shape)).astype(np.float32) * scale
-    ours = torch.stack([rewritten.forward_one(torch.from_numpy(x)) for x in xs]).numpy()
+    with torch.no_grad():
+        ours = torch.stack([rewritten.forward_one(torch.from_numpy(x)) for x in xs]).numpy()
     ref = ort_run(path, xs)
     np.testing.assert_allclose(ours.reshape(ref.shape), ref, rtol=1e-4, atol=1e-5)
     return model
@@ -173,3 +174,32 @@ def test_units_self_attention_bounds() -> None:
     model = genbab.load_model(path)
     x0 = torch.full((model.n_inputs,), 0.5, dtype=torch.float64)
     check_bounds_contain_samples(model, x0 - 0.01, x0 + 0.01)
+
+
+def test_fast_affine_rules_match_autograd(tmp_path: Path) -> None:
+    """Transpose, BatchNorm, MatMul by constants (both sides), broadcast Add/Sub of two variables,
+    ReduceMean, Center and SoftmaxDiff take direct backward rules, each checked against autograd
+    when built (a rule that disagrees is dropped); CROWN stays exact on this affine network."""
+    from genbab.bounds import engine_for
+
+    rng = np.random.default_rng(4)
+    arr = lambda name, *shape: numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+    inits = [arr("w", 4, 4), arr("v", 3, 3), numpy_helper.from_array((1 + rng.random(3)).astype(np.float32), "s"),
+             arr("b", 3), arr("m", 3), numpy_helper.from_array((1 + rng.random(3)).astype(np.float32), "var"),
+             numpy_helper.from_array(np.array([2], np.int64), "axes")]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]),                       # [1, 3, 4]
+             helper.make_node("MatMul", ["v", "h"], ["g"]),                       # constant on the left
+             helper.make_node("BatchNormalization", ["g", "s", "b", "m", "var"], ["n"]),
+             helper.make_node("Transpose", ["n"], ["t"], perm=[0, 2, 1]),         # [1, 4, 3]
+             helper.make_node("ReduceMean", ["t", "axes"], ["r"], keepdims=1),   # [1, 4, 1]
+             helper.make_node("Sub", ["t", "r"], ["d"]),                          # broadcast, two variables
+             helper.make_node("Softmax", ["d"], ["p"], axis=-1),
+             helper.make_node("LayerNormalization", ["t", "s", "b"], ["l"], axis=-1),
+             helper.make_node("Add", ["p", "l"], ["y"])]
+    path = write_model(tmp_path, nodes, [1, 3, 4], [1, 4, 3], inits, opset=18)
+    model = check_rewrite_matches_onnxruntime(path, (1, 3, 4), {"Center", "SoftmaxDiff"})
+    engine = engine_for(model)
+    fast = {n.op_type for n in engine.nodes if engine.rules[n.name].kind == "affine" and engine.affine(n)._fast is not None}
+    assert fast >= {"MatMul", "BatchNormalization", "Transpose", "ReduceMean", "Sub", "SoftmaxDiff", "Center", "ReduceSum"}
+    x0 = torch.linspace(-1, 1, 12, dtype=torch.float64)
+    check_bounds_contain_samples(model, x0 - 0.1, x0 + 0.1)

@@ -176,11 +176,17 @@ class BoundEngine:
 
     def crown_node(self, name: str, box: Box, bounds: Bounds,
                    deadline: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """CROWN lower and upper bounds of node ``name`` (rows ``+e_i`` and ``-e_i``), in row chunks."""
+        """CROWN lower and upper bounds of node ``name`` (rows ``+e_i`` and ``-e_i``), in row chunks.
+
+        A chunk's widest backward tensor (a node, or the products ``x_ij y_jk`` of a MatMul of two
+        variables) holds at most ``min(max_rows_elements, 2e6)`` numbers: 16 MB in float64 stays
+        in the allocator's heap and the caches; larger chunks cost page faults, not speed."""
         shape = self.shapes[name]
         n = math.prod(shape)
-        widest = max(math.prod(s) for s in self.shapes.values())
-        chunk = max(1, int(self.max_rows_elements // (box.batch * widest)))
+        widest = max([math.prod(s) for s in self.shapes.values()] + [
+            math.prod(self.shapes[node.name]) * self.shapes[node.inputs[0]][-1]
+            for node in self.nodes if node.op_type == "MatMul" and self.rules[node.name].kind == "bilinear"])
+        chunk = max(1, int(min(self.max_rows_elements, 2e6) // (box.batch * widest)))
         eye = torch.eye(n, dtype=self.dtype, device=self.device)
         rows = torch.cat([eye, -eye])
         out = []
