@@ -3,7 +3,6 @@ loop under every branching option (proves a true property, never a false one).""
 
 from __future__ import annotations
 
-import math
 import time
 
 import pytest
@@ -126,9 +125,12 @@ def test_bab_options_never_prove_a_false_property(branching, points, input_dims)
     assert _bab(model, sampled_min_y2(model) + 0.01, config, 4) != "unsat"
 
 
-def test_domain_limit_follows_memory_budget() -> None:
-    engine = engine_for(toy())
-    config = BabConfig(input_split_max_dims=0, memory_bytes=1e6)
-    bab = BranchAndBound(engine, *BOX, C_Y2, torch.tensor([0.0], dtype=torch.float64), config)
-    per_domain = sum(16 * math.prod(engine.shapes[c]) for c in bab.candidates) + 64
-    assert bab.max_domains == int(1e6 // per_domain)
+def test_memory_budget_stops_the_search_with_unknown() -> None:
+    """A tiny memory budget caps the open domains: the search ends ``unknown``, not by timeout."""
+    model = toy()
+    lb, _ = compute_bounds(model, *BOX, "alpha-crown", C_Y2)
+    floor = float(lb) + 0.5 * (sampled_min_y2(model) - float(lb))
+    config = BabConfig(input_split_max_dims=0, branching="babsr", branching_points="uniform", memory_bytes=2e5)
+    bab = BranchAndBound(engine_for(model), *BOX, C_Y2, torch.tensor([floor], dtype=torch.float64), config)
+    result = bab.run(time.monotonic() + 60)
+    assert result.status == "unknown" and result.open > bab.max_domains > 0
