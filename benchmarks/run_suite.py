@@ -1,7 +1,8 @@
 """Run genbab on shared benchmarks and tally verdicts against ``reference.csv``.
 
 Usage: python benchmarks/run_suite.py BENCH [BENCH...] [--timeout-scale F] [--max-timeout S] [--limit N]
-       [--spread] [--no-bounds] [--no-bab] [--out results.csv] [--table table.md]
+       [--spread] [--no-bounds] [--no-bab] [--branching bbps|babsr] [--branching-points opt|uniform]
+       [--out results.csv] [--table table.md]
 Prints one line per instance and a summary per benchmark: proved (unsat), falsified (sat),
 open, *wrong* (disagreeing with the reference consensus), median time of solved instances.
 Each instance runs in this process (start-up is paid once); times exclude that start-up and
@@ -26,6 +27,7 @@ from types import SimpleNamespace
 
 import genbab
 from genbab.api import verify
+from genbab.bab.loop import BabConfig
 from genbab.errors import GenbabError
 
 
@@ -73,11 +75,14 @@ def main() -> int:
     ap.add_argument("--spread", action="store_true", help="with --limit: evenly spaced instances")
     ap.add_argument("--no-bounds", action="store_true")
     ap.add_argument("--no-bab", action="store_true", help="attack + alpha-CROWN only, no branch and bound")
+    ap.add_argument("--branching", choices=["bbps", "babsr"], default="bbps", help="activation-split heuristic")
+    ap.add_argument("--branching-points", choices=["opt", "uniform"], default="opt", help="split points of smooth ops")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--table", type=Path, help="write a Markdown summary table here")
     args = ap.parse_args()
     root = Path(os.environ.get("GENBAB_BENCHMARKS", Path(__file__).resolve().parents[2] / "shared" / "benchmarks"))
     out, table = [], [TABLE_HEAD]
+    bab_config = BabConfig(branching=args.branching, branching_points=args.branching_points)
     wrong_total = 0
     for bench in args.benchmarks:
         everything = instances(root / bench)
@@ -89,7 +94,8 @@ def main() -> int:
             timeout = r["timeout"] * args.timeout_scale
             timeout = min(timeout, args.max_timeout) if args.max_timeout else timeout
             try:
-                status = verify(model, r["vnnlib"], timeout=timeout, bounds=not args.no_bounds, bab=not args.no_bab).status
+                status = verify(model, r["vnnlib"], timeout=timeout, bounds=not args.no_bounds, bab=not args.no_bab,
+                                bab_config=bab_config).status
             except GenbabError as err:  # counted as open; the line shows why
                 status = f"error ({err})"
             res = SimpleNamespace(status=status)
