@@ -2,7 +2,8 @@
 
 Order of work: load (paths or already loaded objects), check that the property's variables
 match the model, falsify briefly (sampling + PGD, every candidate replayed on onnxruntime),
-bound every case with alpha-CROWN (``unsat`` when all are proved), then falsify the open cases
+bound every case with alpha-CROWN (``unsat`` when all are proved), branch and bound on the rest
+(its worst domains attacked along the way), then falsify the open cases
 until the deadline (``sat`` or ``timeout``).
 """
 
@@ -16,7 +17,7 @@ from typing import Callable
 import torch
 
 from genbab.attack.pgd import AttackConfig, Attacker, AttackStats
-from genbab.attack.witness import Replayer
+from genbab.attack.witness import Replayer, Witness
 from genbab.bab.loop import BabConfig
 from genbab.bounds.alpha import AlphaConfig
 from genbab.errors import SpecError, UnsupportedOpError
@@ -62,8 +63,10 @@ def verify(model: Model | str | Path, spec: Spec | str | Path, timeout: float = 
         open_cases, root_bounds = run_bounds(model, spec, deadline, alpha, stats, progress)
         if len(open_cases) and bab and "error" not in stats["bounds"]:
             reserve = max(1.0, 0.1 * (deadline - time.monotonic()))
-            open_cases = run_bab(model, spec, open_cases, deadline - reserve, bab_config, stats, progress,
-                                 root_bounds)
+            open_cases, witness = run_bab(model, spec, open_cases, deadline - reserve, bab_config, stats, progress,
+                                          root_bounds, attack)
+            if witness is not None:
+                return Result("sat", witness, time.monotonic() - start, stats)
         if len(open_cases) == 0:
             return Result("unsat", None, time.monotonic() - start, stats)
     rest = spec.subset(open_cases)
@@ -73,6 +76,9 @@ def verify(model: Model | str | Path, spec: Spec | str | Path, timeout: float = 
     if witness is not None:
         witness = replace(witness, case=int(open_cases[witness.case]))
     return Result("sat" if witness is not None else "timeout", witness, time.monotonic() - start, stats)
+
+
+DOMAIN_ATTACK_STEPS = 10  # PGD steps from each bound minimiser of a worst domain
 
 
 def first_attack_budget(timeout: float) -> float:
@@ -103,31 +109,41 @@ def run_bounds(model: Model, spec: Spec, deadline: float, alpha: AlphaConfig, st
 
 
 def run_bab(model: Model, spec: Spec, open_cases: torch.Tensor, deadline: float, config: BabConfig, stats: dict,
-            progress: ProgressCallback | None, root_bounds: list | None = None) -> torch.Tensor:
+            progress: ProgressCallback | None, root_bounds: list | None = None,
+            attack: AttackConfig = AttackConfig()) -> tuple[torch.Tensor, Witness | None]:
     """Branch and bound on each open case in turn; returns the cases still open (stops at the
-    first case it cannot prove: the property can then no longer be proved)."""
+    first case it cannot prove: the property can then no longer be proved) and the witness a
+    domain attack confirmed, if any."""
     from genbab.bab.loop import BranchAndBound
     from genbab.bounds import engine_for
 
     if progress is not None:
         progress("bab", AttackStats(), deadline - time.monotonic())
-    reports, remaining = [], open_cases.tolist()
+    reports, remaining, witness = [], open_cases.tolist(), None
     engine = engine_for(model)
+    attacker = Attacker(model, spec, Replayer(model, spec), attack)
     while remaining and time.monotonic() < deadline:
         case = remaining[0]
+        def domain_attack(x, lo, hi, until, case=case):
+            return attacker.descend(x, torch.full((len(x),), case), lo, hi, until, DOMAIN_ATTACK_STEPS)
+
         try:
             result = BranchAndBound(engine, spec.lower[case], spec.upper[case], spec.C[case], spec.d[case],
-                                    config, root_bounds[case] if root_bounds else None).run(deadline)
+                                    config, root_bounds[case] if root_bounds else None,
+                                    domain_attack).run(deadline)
         except (RuntimeError, ValueError) as err:  # no proof from this case; the attack goes on
             reports.append({"case": case, "status": "error", "error": f"{type(err).__name__}: {err}"})
             break
         reports.append({"case": case, "status": result.status, "visited": result.visited, "open": result.open,
                         "max_depth": result.max_depth, "history": result.history[-25:]})
+        if result.status == "sat":
+            witness = result.witness
         if result.status != "unsat":
             break
         remaining.pop(0)
-    stats["bab"] = {"cases": reports, "proved_cases": sum(r["status"] == "unsat" for r in reports)}
-    return torch.tensor(remaining, dtype=torch.int64)
+    stats["bab"] = {"cases": reports, "proved_cases": sum(r["status"] == "unsat" for r in reports),
+                    "domain_attack": {"steps": attacker.stats.steps, "replays": attacker.replayer.replays}}
+    return torch.tensor(remaining, dtype=torch.int64), witness
 
 
 def attack_stats(attacker: Attacker) -> dict:

@@ -129,15 +129,21 @@ class Attacker:
 
     def _pgd_round(self, deadline: float) -> Witness | None:
         """One batch of restarts optimised for ``config.steps`` signed-gradient steps."""
-        cfg = self.config
-        n = min(self.batch, self.spec.n_cases * cfg.points_per_case)
+        n = min(self.batch, self.spec.n_cases * self.config.points_per_case)
         case = self._cases_for_round(n)
-        lo, hi = self.lower[case], self.upper[case]
-        width = hi - lo
         x = self._starts(case, "uniform")
-        velocity = torch.zeros_like(x)
         self.stats.points += n
-        for step in range(cfg.steps):
+        return self.descend(x, case, self.lower[case], self.upper[case], deadline, self.config.steps)
+
+    def descend(self, x: torch.Tensor, case: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, deadline: float,
+                steps: int) -> Witness | None:
+        """``steps`` signed-gradient steps on the margins of ``case`` from ``x`` ``[b, n_in]``, each
+        point kept in its own box ``[lo, hi]`` (inside its case's box); the first confirmed witness."""
+        cfg = self.config
+        x, lo, hi = (t.to(self.device, self.dtype) for t in (x, lo, hi))
+        width = hi - lo
+        velocity = torch.zeros_like(x)
+        for step in range(steps):
             if time.monotonic() >= deadline:
                 return None
             x.requires_grad_(True)
@@ -147,7 +153,7 @@ class Attacker:
             if witness is not None:
                 return witness
             velocity = cfg.momentum * velocity + grad / grad.abs().amax(dim=1, keepdim=True).clamp_min(1e-30)
-            frac = 0.5 * (1 + math.cos(math.pi * step / max(cfg.steps - 1, 1)))
+            frac = 0.5 * (1 + math.cos(math.pi * step / max(steps - 1, 1)))
             size = cfg.final_step + (cfg.initial_step - cfg.final_step) * frac
             x = torch.minimum(torch.maximum(x.detach() - size * width * velocity.sign(), lo), hi)
             self.stats.steps += 1

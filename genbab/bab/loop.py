@@ -3,7 +3,8 @@
 Bound the root; then repeatedly take the ``batch_size / 2`` open domains with the lowest
 bound, split each at its chosen neuron, bound all children in one batched CROWN pass (split
 constraints clamp the intermediate bounds, so each child's relaxations are rebuilt on its
-smaller intervals), drop the proved children and keep the rest. Intermediate bounds come from
+smaller intervals), drop the proved children and keep the rest; the worst domains of each batch are attacked from their bound minimisers
+(:mod:`genbab.bab.domain_attack`, ``sat`` with a replayed witness). Intermediate bounds come from
 CROWN once, at the root; below it they are the root's, tightened by the split constraints and an
 IBP pass (each child costs one interval pass and one backward pass from the output). ``unsat`` when no domain is
 open, ``timeout`` at the deadline, ``unknown`` when a domain cannot be split further or the
@@ -22,6 +23,7 @@ import torch
 from genbab.bab.bbps import root_shortcuts
 from genbab.bab.branching import BranchingContext, choose_splits, consumers
 from genbab.bab.clipping import clip_box
+from genbab.bab.domain_attack import DomainAttack, DomainAttacker
 from genbab.bab.domains import DomainBatch, root_domains, split
 from genbab.bounds.alpha import AlphaConfig, optimize_rows
 from genbab.bounds.engine import BoundEngine, BoundsTimeout
@@ -47,6 +49,7 @@ class BabResult:
     visited: int = 0
     open: int = 0
     max_depth: int = 0
+    witness: object | None = None  # status "sat": the confirmed counterexample a domain attack found
     history: list[tuple[float, float, int]] = field(default_factory=list)  # (seconds, worst open bound, open)
 
 
@@ -54,7 +57,8 @@ class BranchAndBound:
     """Proves ``min_{x in box} max_j (C f(x) - d)_j > 0`` by splitting nonlinearity inputs."""
 
     def __init__(self, engine: BoundEngine, lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor,
-                 d: torch.Tensor, config: BabConfig = BabConfig(), root_bounds=None):
+                 d: torch.Tensor, config: BabConfig = BabConfig(), root_bounds=None,
+                 attack: DomainAttack | None = None):
         self.engine, self.config = engine, config
         self.lower, self.upper = lower, upper
         self.C, self.d = C.to(engine.dtype), d.to(engine.dtype)
@@ -71,6 +75,8 @@ class BranchAndBound:
         per_domain = sum(2 * 8 * math.prod(engine.shapes[c]) for c in self.candidates) + 64
         self.max_domains = int(min(config.max_domains, config.memory_bytes // per_domain))
         self.alpha = AlphaConfig(iterations=config.alpha_iterations, lr=0.2, stop_when_positive=True)
+        self.domain_attack = DomainAttacker(attack) if attack is not None else None
+        self.witness = None
 
     def bound(self, domains: DomainBatch, deadline: float) -> DomainBatch:
         """Bound every domain (one batched pass) and choose each one's next split."""
@@ -108,6 +114,8 @@ class BranchAndBound:
             empty |= (lo > hi).reshape(D, -1).any(dim=1)
         lb = torch.maximum(lb.to(torch.float64), domains.lb)  # a child lies inside its parent
         lb = torch.where(empty, torch.full_like(lb, torch.inf), lb)
+        if self.domain_attack is not None:
+            self.witness = self.domain_attack(lb, record.get(self.input), lower, upper, deadline)
         lower_d, upper_d = domains.lower, domains.upper
         if self.input_mode and self.input in record:  # shrink each box to where a counterexample may be
             clipped = clip_box(lower, upper, record[self.input], record["rows"])
@@ -175,6 +183,9 @@ class BranchAndBound:
                 bounded = self.bound(to_bound, deadline)
                 result.visited += len(bounded)
                 result.max_depth = max(result.max_depth, int(bounded.depth.max()))
+                if self.witness is not None:
+                    result.witness = self.witness
+                    return self._finish(result, "sat", open_domains.cat(bounded))
                 unproved = bounded.select(torch.nonzero(~(bounded.lb > 0)).flatten())
                 if bool((unproved.split_node < 0).any()):
                     return self._finish(result, "unknown", open_domains.cat(unproved))
