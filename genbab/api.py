@@ -135,7 +135,7 @@ def run_bab(model: Model, spec: Spec, open_cases: torch.Tensor, deadline: float,
             reports.append({"case": case, "status": "error", "error": f"{type(err).__name__}: {err}"})
             break
         reports.append({"case": case, "status": result.status, "visited": result.visited, "open": result.open,
-                        "max_depth": result.max_depth, "history": result.history[-25:]})
+                        "max_depth": result.max_depth, "batch": result.batch, "history": result.history[-25:]})
         if result.status == "sat":
             witness = result.witness
         if result.status != "unsat":

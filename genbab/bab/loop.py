@@ -1,6 +1,6 @@
 """The branch-and-bound loop for one case ``C y <= d`` over one input box.
 
-Bound the root; then repeatedly take the ``batch_size / 2`` open domains with the lowest
+Bound the root; then repeatedly take the ``batch / 2`` open domains with the lowest
 bound, split each at its chosen neuron, bound all children in one batched CROWN pass (split
 constraints clamp the intermediate bounds, so each child's relaxations are rebuilt on its
 smaller intervals), drop the proved children and keep the rest; the worst domains of each batch are attacked from their bound minimisers
@@ -8,12 +8,14 @@ smaller intervals), drop the proved children and keep the rest; the worst domain
 CROWN once, at the root; below it they are the root's, tightened by the split constraints and an
 IBP pass (each child costs one interval pass and one backward pass from the output). ``unsat`` when no domain is
 open, ``timeout`` at the deadline, ``unknown`` when a domain cannot be split further or the
-domain limit is reached. A domain whose bounds are contradictory (some ``lower > upper``) is
+domain limit is reached. The batch is the configured maximum or less, as free memory allows
+(:mod:`genbab.bab.memory`), and halves after an out-of-memory error. A domain whose bounds are contradictory (some ``lower > upper``) is
 empty, hence proved; a NaN bound never proves anything.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -25,13 +27,14 @@ from genbab.bab.branching import BranchingContext, choose_splits, consumers
 from genbab.bab.clipping import clip_box
 from genbab.bab.domain_attack import DomainAttack, DomainAttacker
 from genbab.bab.domains import DomainBatch, root_domains, split
+from genbab.bab.memory import fitting_batch, free_bytes, is_out_of_memory, pass_bytes_per_domain
 from genbab.bounds.alpha import AlphaConfig, optimize_rows
 from genbab.bounds.engine import BoundEngine, BoundsTimeout
 
 
 @dataclass(frozen=True)
 class BabConfig:
-    batch_size: int = 64
+    batch_size: int = 64  # most domains per bound pass (fewer when free memory is short)
     max_domains: int = 5_000_000
     alpha_iterations: int = 8
     input_split_max_dims: int = 32  # inputs with at most this many dims: split the input box only
@@ -49,6 +52,7 @@ class BabResult:
     visited: int = 0
     open: int = 0
     max_depth: int = 0
+    batch: int = 0  # domains per bound pass at the end (halved after each out-of-memory error)
     witness: object | None = None  # status "sat": the confirmed counterexample a domain attack found
     history: list[tuple[float, float, int]] = field(default_factory=list)  # (seconds, worst open bound, open)
 
@@ -75,6 +79,10 @@ class BranchAndBound:
         per_domain = sum(2 * 8 * math.prod(engine.shapes[c]) for c in self.candidates) + 64
         self.max_domains = int(min(config.max_domains, config.memory_bytes // per_domain))
         self.alpha = AlphaConfig(iterations=config.alpha_iterations, lr=0.2, stop_when_positive=True)
+        itemsize = torch.empty((), dtype=engine.dtype).element_size()
+        maximum = config.input_batch_size if self.input_mode else config.batch_size
+        self.batch = fitting_batch(maximum, pass_bytes_per_domain(engine.shapes, C.shape[0], itemsize),
+                                   free_bytes(engine.device))
         self.domain_attack = DomainAttacker(attack) if attack is not None else None
         self.witness = None
 
@@ -180,7 +188,7 @@ class BranchAndBound:
         open_domains = to_bound.select(torch.zeros(0, dtype=torch.int64))
         try:
             while True:
-                bounded = self.bound(to_bound, deadline)
+                bounded = self.bound_in_chunks(to_bound, deadline)
                 result.visited += len(bounded)
                 result.max_depth = max(result.max_depth, int(bounded.depth.max()))
                 if self.witness is not None:
@@ -198,19 +206,37 @@ class BranchAndBound:
                 if time.monotonic() >= deadline:
                     return self._finish(result, "timeout", open_domains)
                 order = torch.argsort(open_domains.lb)
-                batch = self.config.input_batch_size if self.input_mode else self.config.batch_size
-                take = max(1, batch // 2)
+                take = max(1, self.batch // 2)
                 parents, open_domains = open_domains.select(order[:take]), open_domains.select(order[take:])
                 to_bound = split(parents, self.candidates)
         except BoundsTimeout:
             return self._finish(result, "timeout", open_domains)
+
+    def bound_in_chunks(self, domains: DomainBatch, deadline: float) -> DomainBatch:
+        """:meth:`bound` on at most ``self.batch`` domains at a time; an out-of-memory error halves
+        the batch and starts the chunks again (nothing is lost: bounding has no side effects)."""
+        while True:
+            try:
+                parts = []
+                for first in range(0, len(domains), self.batch):
+                    idx = torch.arange(first, min(len(domains), first + self.batch))
+                    parts.append(self.bound(domains.select(idx), deadline))
+                    if self.witness is not None:
+                        break
+                return functools.reduce(DomainBatch.cat, parts)
+            except (RuntimeError, MemoryError) as err:
+                if not is_out_of_memory(err) or self.batch <= 1:
+                    raise
+                self.batch = max(1, self.batch // 2)
+                if self.engine.device.type == "cuda":
+                    torch.cuda.empty_cache()
 
     def _log(self, result: BabResult, open_domains: DomainBatch) -> None:
         worst = float(open_domains.lb.min()) if len(open_domains) else float("inf")
         result.history.append((round(time.monotonic() - self.start, 3), worst, len(open_domains)))
 
     def _finish(self, result: BabResult, status: str, open_domains: DomainBatch) -> BabResult:
-        result.status, result.open = status, len(open_domains)
+        result.status, result.open, result.batch = status, len(open_domains), self.batch
         self.open_domains = open_domains
         result.history = result.history[:: max(1, len(result.history) // 25)][-50:]
         return result
