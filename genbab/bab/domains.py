@@ -3,13 +3,15 @@
 Domain ``k`` is the part of the case's input box where every split neuron satisfies
 ``lower[node][k] <= z <= upper[node][k]`` (``-inf``/``+inf`` where unsplit). Each domain carries
 its best lower bound ``lb`` (over the case's rows; ``> 0`` proves it), its depth, and the split
-chosen for it when it was bounded (candidate node index, flat neuron index, split point).
+chosen for it when it was bounded (candidate node index, flat neuron index, split point), and
+the relaxation parameters and split multipliers its bound ended with (``params``, by the keys of
+:func:`genbab.bounds.alpha.optimize_rows`'s ``warm``), which its children start from.
 Batches are never mutated in place: ``select`` and ``cat`` build new ones.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -23,6 +25,7 @@ class DomainBatch:
     split_node: torch.Tensor  # [D] int64, index into the candidate node list (-1: nothing to split)
     split_index: torch.Tensor  # [D] int64, flat neuron index within that node
     split_point: torch.Tensor  # [D] float64
+    params: dict[str, torch.Tensor] = field(default_factory=dict)  # [D, S, *shape] each; NaN: none
 
     def __len__(self) -> int:
         return int(self.lb.shape[0])
@@ -30,7 +33,7 @@ class DomainBatch:
     def select(self, idx: torch.Tensor) -> "DomainBatch":
         return DomainBatch({k: v[idx] for k, v in self.lower.items()}, {k: v[idx] for k, v in self.upper.items()},
                            self.lb[idx], self.depth[idx], self.split_node[idx], self.split_index[idx],
-                           self.split_point[idx])
+                           self.split_point[idx], {k: v[idx] for k, v in self.params.items()})
 
     def cat(self, other: "DomainBatch") -> "DomainBatch":
         if len(other) == 0:
@@ -42,11 +45,22 @@ class DomainBatch:
                            torch.cat([self.lb, other.lb]), torch.cat([self.depth, other.depth]),
                            torch.cat([self.split_node, other.split_node]),
                            torch.cat([self.split_index, other.split_index]),
-                           torch.cat([self.split_point, other.split_point]))
+                           torch.cat([self.split_point, other.split_point]), _cat_params(self, other))
 
     def clamps(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """The split constraints as the engine's per-node clamps."""
         return {k: (self.lower[k], self.upper[k]) for k in self.lower}
+
+
+def _cat_params(a: DomainBatch, b: DomainBatch) -> dict[str, torch.Tensor]:
+    """Both batches' parameters, NaN-filled where one batch lacks a key."""
+    out = {}
+    for key in a.params.keys() | b.params.keys():
+        ref = a.params.get(key, b.params.get(key))
+        parts = [x.params.get(key, torch.full((len(x), *ref.shape[1:]), torch.nan, dtype=ref.dtype))
+                 for x in (a, b)]
+        out[key] = torch.cat(parts)
+    return out
 
 
 def root_domains(shapes: dict[str, tuple[int, ...]], dtype: torch.dtype) -> DomainBatch:
@@ -59,7 +73,8 @@ def root_domains(shapes: dict[str, tuple[int, ...]], dtype: torch.dtype) -> Doma
 
 
 def split(domains: DomainBatch, candidates: list[str]) -> DomainBatch:
-    """Both children of every domain: ``z <= p`` (first half) and ``z >= p`` (second half)."""
+    """Both children of every domain: ``z <= p`` (first half) and ``z >= p`` (second half), each
+    starting from the parent's parameters."""
     left_lower = {k: v.clone() for k, v in domains.lower.items()}
     left_upper = {k: v.clone() for k, v in domains.upper.items()}
     right_lower = {k: v.clone() for k, v in domains.lower.items()}
@@ -74,7 +89,7 @@ def split(domains: DomainBatch, candidates: list[str]) -> DomainBatch:
     n = len(domains)
     children = DomainBatch(left_lower, left_upper, domains.lb.clone(), domains.depth + 1,
                            torch.full((n,), -1, dtype=torch.int64), torch.zeros(n, dtype=torch.int64),
-                           torch.zeros(n, dtype=torch.float64))
+                           torch.zeros(n, dtype=torch.float64), domains.params)
     return children.cat(DomainBatch(right_lower, right_upper, domains.lb.clone(), domains.depth + 1,
                                     children.split_node.clone(), children.split_index.clone(),
-                                    children.split_point.clone()))
+                                    children.split_point.clone(), domains.params))

@@ -1,16 +1,18 @@
 """The branch-and-bound loop for one case ``C y <= d`` over one input box.
 
-Bound the root; then repeatedly take the ``batch / 2`` open domains with the lowest
-bound, split each at its chosen neuron, bound all children in one batched CROWN pass (split
+Bound the root; then repeatedly take the ``batch / 2`` open domains with the lowest bound,
+split each at its chosen neuron, bound all children in one batched CROWN pass (split
 constraints clamp the intermediate bounds, so each child's relaxations are rebuilt on its
-smaller intervals), drop the proved children and keep the rest; the worst domains of each batch are attacked from their bound minimisers
-(:mod:`genbab.bab.domain_attack`, ``sat`` with a replayed witness). Intermediate bounds come from
-CROWN once, at the root; below it they are the root's, tightened by the split constraints and an
-IBP pass (each child costs one interval pass and one backward pass from the output). ``unsat`` when no domain is
-open, ``timeout`` at the deadline, ``unknown`` when a domain cannot be split further or the
-domain limit is reached. The batch is the configured maximum or less, as free memory allows
-(:mod:`genbab.bab.memory`), and halves after an out-of-memory error. A domain whose bounds are contradictory (some ``lower > upper``) is
-empty, hence proved; a NaN bound never proves anything.
+smaller intervals, and alpha/beta start from the parent's values), drop the proved children and
+keep the rest; the worst domains of each batch are attacked from their bound minimisers
+(:mod:`genbab.bab.domain_attack`, ``sat`` with a replayed witness). Intermediate bounds come
+from CROWN once, at the root; below it they are the root's, tightened by the split constraints
+and an IBP pass (each child costs one interval pass and one backward pass from the output).
+``unsat`` when no domain is open, ``timeout`` at the deadline, ``unknown`` when a domain cannot
+be split further or the domain limit is reached. The batch is the configured maximum or less,
+as free memory allows (:mod:`genbab.bab.memory`), and halves after an out-of-memory error. A
+domain whose bounds are contradictory (some ``lower > upper``) is empty, hence proved; a NaN
+bound never proves anything.
 """
 
 from __future__ import annotations
@@ -76,8 +78,8 @@ class BranchAndBound:
         self.start = time.monotonic()
         self.root_bounds = root_bounds  # the root's intermediate bounds, reused (and refreshed by IBP) below it
         self.shortcuts: dict | None = None  # BBPS: root linear bounds of the candidate nodes
-        per_domain = sum(2 * 8 * math.prod(engine.shapes[c]) for c in self.candidates) + 64
-        self.max_domains = int(min(config.max_domains, config.memory_bytes // per_domain))
+        self.split_bytes = sum(2 * 8 * math.prod(engine.shapes[c]) for c in self.candidates) + 64
+        self.max_domains = int(min(config.max_domains, config.memory_bytes // self.split_bytes))
         self.alpha = AlphaConfig(iterations=config.alpha_iterations, lr=0.2, stop_when_positive=True)
         itemsize = torch.empty((), dtype=engine.dtype).element_size()
         maximum = config.input_batch_size if self.input_mode else config.batch_size
@@ -113,8 +115,9 @@ class BranchAndBound:
                                                     deadline)
         record: dict[str, torch.Tensor] = {}
         C, d = self.C.expand(D, -1, -1), self.d.expand(D, -1)
+        warm = None if self.input_mode else domains.params
         rows = optimize_rows(self.engine, C, box, bounds, self.alpha, offset=d, deadline=deadline, record=record,
-                             splits=splits)
+                             splits=splits, warm=warm)
         rows = rows.nan_to_num(nan=-torch.inf)
         lb, best_row = rows.max(dim=1)
         empty = (box.lower > box.upper).reshape(D, -1).any(dim=1)
@@ -142,7 +145,8 @@ class BranchAndBound:
             if len(open_):
                 lo_c, hi_c = (b.reshape(D, -1)[open_] for b in (lower_d[self.input], upper_d[self.input]))
                 index[open_], point[open_] = self.lookahead_split(lo_c, hi_c, index[open_], deadline)
-        return DomainBatch(lower_d, upper_d, lb.to(torch.float64), domains.depth, node, index, point)
+        params = {} if self.input_mode else record.get("warm", {})
+        return DomainBatch(lower_d, upper_d, lb.to(torch.float64), domains.depth, node, index, point, params)
 
     def widest_every(self, depth, lower, upper, index, point):
         """At every ``input_widest_every``-th level, split the input dimension with the largest width
@@ -198,6 +202,7 @@ class BranchAndBound:
                 if bool((unproved.split_node < 0).any()):
                     return self._finish(result, "unknown", open_domains.cat(unproved))
                 open_domains = open_domains.cat(unproved)
+                self._fit_max_domains(open_domains)
                 self._log(result, open_domains)
                 if len(open_domains) == 0:
                     return self._finish(result, "unsat", open_domains)
@@ -230,6 +235,13 @@ class BranchAndBound:
                 self.batch = max(1, self.batch // 2)
                 if self.engine.device.type == "cuda":
                     torch.cuda.empty_cache()
+
+    def _fit_max_domains(self, domains: DomainBatch) -> None:
+        """Count the stored parameters of each domain against the memory budget as well."""
+        if len(domains) and domains.params:
+            per_domain = self.split_bytes + sum(v[0].numel() * v.element_size() for v in domains.params.values())
+            self.max_domains = min(self.max_domains,
+                                   int(min(self.config.max_domains, self.config.memory_bytes // per_domain)))
 
     def _log(self, result: BabResult, open_domains: DomainBatch) -> None:
         worst = float(open_domains.lb.min()) if len(open_domains) else float("inf")

@@ -38,7 +38,8 @@ def _scale(name: str, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
 class AlphaParams:
     """Free variables ``r`` with parameters ``p = r * scale`` per elementwise node."""
 
-    def __init__(self, engine: BoundEngine, bounds: Bounds, n_rows: int, before: int | None = None):
+    def __init__(self, engine: BoundEngine, bounds: Bounds, n_rows: int, before: int | None = None,
+                 warm: dict[str, torch.Tensor] | None = None):
         self.engine, self.bounds = engine, bounds
         self.free: dict[str, dict[str, torch.Tensor]] = {}
         self.scales: dict[str, dict[str, torch.Tensor]] = {}
@@ -50,11 +51,18 @@ class AlphaParams:
             init = rule.op.init_params(lo, hi)
             shape = (lo.shape[0], n_rows, *lo.shape[2:])
             self.scales[node.name] = {k: _scale(k, lo, hi) for k in init}
-            self.free[node.name] = {k: (v / self.scales[node.name][k]).expand(shape).clone().requires_grad_(True)
+            init = {k: _warm(v.expand(shape), (warm or {}).get(f"alpha/{node.name}/{k}")) for k, v in init.items()}
+            self.free[node.name] = {k: (v / self.scales[node.name][k]).clone().requires_grad_(True)
                                     for k, v in init.items()}
+        if warm:
+            self.project()  # warm values from a parent domain: into this domain's valid set
 
     def tensors(self) -> list[torch.Tensor]:
         return [t for group in self.free.values() for t in group.values()]
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The parameters ``[B, S, *shape]`` by ``alpha/<node>/<name>`` (to warm-start children)."""
+        return {f"alpha/{n}/{k}": v.detach() for n, g in self.params().items() for k, v in g.items()}
 
     def params(self) -> Params:
         return {n: {k: v * self.scales[n][k] for k, v in g.items()} for n, g in self.free.items()}
@@ -78,8 +86,9 @@ class BetaParams:
     them to the objective keeps a valid lower bound: an extra coefficient ``beta_u - beta_l`` on
     ``z`` and bias ``beta_l l - beta_u u`` (see :meth:`BoundEngine.backward`'s ``extra``)."""
 
-    def __init__(self, splits: Bounds, n_rows: int, dtype: torch.dtype):
+    def __init__(self, splits: Bounds, n_rows: int, dtype: torch.dtype, warm: dict[str, torch.Tensor] | None = None):
         self.limits, self.free = {}, {}
+        warm = warm or {}
         for name, (lo, hi) in splits.items():
             has_lo, has_hi = torch.isfinite(lo), torch.isfinite(hi)
             if not bool(has_lo.any() or has_hi.any()):
@@ -87,11 +96,17 @@ class BetaParams:
             shape = (lo.shape[0], n_rows, *lo.shape[1:])
             self.limits[name] = (torch.where(has_lo, lo, 0.0).unsqueeze(1), has_lo.unsqueeze(1),
                                  torch.where(has_hi, hi, 0.0).unsqueeze(1), has_hi.unsqueeze(1))
-            self.free[name] = (torch.zeros(shape, dtype=dtype, requires_grad=True),
-                               torch.zeros(shape, dtype=dtype, requires_grad=True))
+            zero = torch.zeros(shape, dtype=dtype)
+            self.free[name] = tuple(_warm(zero, warm.get(f"beta/{name}/{side}")).clamp(min=0).requires_grad_(True)
+                                    for side in ("lower", "upper"))
 
     def tensors(self) -> list[torch.Tensor]:
         return [t for pair in self.free.values() for t in pair]
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The multipliers ``[B, S, *shape]`` by ``beta/<node>/lower|upper``."""
+        return {f"beta/{n}/{side}": t.detach() for n, pair in self.free.items()
+                for side, t in zip(("lower", "upper"), pair)}
 
     def extra(self) -> Bounds:
         out = {}
@@ -109,23 +124,33 @@ class BetaParams:
                 t.clamp_(min=0)
 
 
+def _warm(default: torch.Tensor, warm: torch.Tensor | None) -> torch.Tensor:
+    """``warm`` where it is given and not NaN, else ``default`` (same shape)."""
+    if warm is None or warm.shape != default.shape:
+        return default
+    warm = warm.to(default.dtype)
+    return torch.where(torch.isnan(warm), default, warm)
+
+
 def optimize_rows(engine: BoundEngine, C: torch.Tensor, box: Box, bounds: Bounds,
                   config: AlphaConfig = AlphaConfig(), offset: torch.Tensor | None = None,
                   deadline: float | None = None, record: dict | None = None,
-                  splits: Bounds | None = None) -> torch.Tensor:
+                  splits: Bounds | None = None, warm: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """Best lower bounds ``[B, S]`` of ``C y - offset`` found by alpha optimisation (never below CROWN).
 
     ``record`` receives the backward coefficients at the nonlinear nodes and at the input of the
     plain CROWN pass, and that pass's row bounds under ``"rows"``.
     ``splits`` (branch and bound): per node the domain's split limits ``[B, *shape]``, whose
-    beta multipliers are optimised jointly with alpha."""
+    beta multipliers are optimised jointly with alpha. ``warm``: starting values by the keys of
+    :meth:`AlphaParams.state` / :meth:`BetaParams.state` (NaN or absent: the defaults);
+    ``record["warm"]`` receives the final values under the same keys."""
     offset = torch.zeros(C.shape[:2], dtype=engine.dtype) if offset is None else offset.to(engine.dtype)
     with torch.no_grad():
         best = engine.bound_rows(C, box, bounds, record=record) - offset
     if record is not None:
         record["rows"] = best.clone()  # the plain CROWN rows, whose input coefficients record holds
-    alpha = AlphaParams(engine, bounds, C.shape[1])
-    beta = BetaParams(splits or {}, C.shape[1], engine.dtype)
+    alpha = AlphaParams(engine, bounds, C.shape[1], warm=warm)
+    beta = BetaParams(splits or {}, C.shape[1], engine.dtype, warm=warm)
     if not (alpha.free or beta.free) or config.iterations == 0 or (
             config.stop_when_positive and bool((best > 0).all())):
         return best
@@ -144,6 +169,8 @@ def optimize_rows(engine: BoundEngine, C: torch.Tensor, box: Box, bounds: Bounds
         sched.step()
         alpha.project()
         beta.project()
+    if record is not None:
+        record["warm"] = {**alpha.state(), **beta.state()}
     return best
 
 
