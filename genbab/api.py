@@ -10,7 +10,7 @@ until the deadline (``sat`` or ``timeout``).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -27,7 +27,18 @@ from genbab.prove import prove_cases
 from genbab.result import Result
 from genbab.spec import Spec, load_spec
 
-ProgressCallback = Callable[[str, AttackStats, float], None]
+@dataclass(frozen=True)
+class BabProgress:
+    """What branch and bound reports after each batch (phase ``"bab"``)."""
+
+    case: int
+    visited: int  # domains bounded so far
+    open: int  # domains still open
+    worst_bound: float  # lowest lower bound among the open domains (> 0 proves the case)
+    max_depth: int
+
+
+ProgressCallback = Callable[[str, "AttackStats | BabProgress", float], None]
 
 
 def verify(model: Model | str | Path, spec: Spec | str | Path, timeout: float = 300.0, *, seed: int = 0,
@@ -117,8 +128,6 @@ def run_bab(model: Model, spec: Spec, open_cases: torch.Tensor, deadline: float,
     from genbab.bab.loop import BranchAndBound
     from genbab.bounds import engine_for
 
-    if progress is not None:
-        progress("bab", AttackStats(), deadline - time.monotonic())
     reports, remaining, witness = [], open_cases.tolist(), None
     engine = engine_for(model)
     attacker = Attacker(model, spec, Replayer(model, spec), attack)
@@ -127,10 +136,16 @@ def run_bab(model: Model, spec: Spec, open_cases: torch.Tensor, deadline: float,
         def domain_attack(x, lo, hi, until, case=case):
             return attacker.descend(x, torch.full((len(x),), case), lo, hi, until, DOMAIN_ATTACK_STEPS)
 
+        def on_progress(result, case=case):
+            if progress is not None:
+                _, worst, n_open = result.history[-1]
+                progress("bab", BabProgress(case, result.visited, n_open, worst, result.max_depth),
+                         deadline - time.monotonic())
+
         try:
             result = BranchAndBound(engine, spec.lower[case], spec.upper[case], spec.C[case], spec.d[case],
                                     config, root_bounds[case] if root_bounds else None,
-                                    domain_attack).run(deadline)
+                                    domain_attack, on_progress).run(deadline)
         except (RuntimeError, ValueError) as err:  # no proof from this case; the attack goes on
             reports.append({"case": case, "status": "error", "error": f"{type(err).__name__}: {err}"})
             break

@@ -8,8 +8,6 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from genbab.attack.pgd import AttackStats
-
 
 class ProgressReporter:
     """Callable progress sink for :func:`genbab.api.verify`; use as a context manager."""
@@ -32,14 +30,17 @@ class ProgressReporter:
         if self.live is not None:
             self.live.__exit__(*exc)
 
-    def __call__(self, phase: str, stats: AttackStats, remaining_s: float) -> None:
+    def __call__(self, phase: str, stats, remaining_s: float) -> None:
+        """Show ``phase`` with its ``stats`` (:class:`~genbab.attack.pgd.AttackStats` for the attack,
+        :class:`~genbab.api.BabProgress` for branch and bound) and the seconds left."""
         if self.quiet:
             return
         if phase == "attack":
             detail = (f"round {stats.rounds}, {stats.points} starts, {stats.steps} steps, "
                       f"best margin {stats.best_margin:.4g}")
         elif phase == "bab":
-            detail = "branch and bound on the open cases"
+            detail = (f"branch and bound, case {stats.case}: {stats.visited} domains bounded, {stats.open} open, "
+                      f"worst bound {stats.worst_bound:.4g}, depth {stats.max_depth}")
         else:
             detail = "alpha-CROWN on every case"
         line = f"[{time.monotonic() - self.start:6.1f}s] {phase}: {detail}, {max(remaining_s, 0):.0f}s left"

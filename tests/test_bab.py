@@ -81,3 +81,30 @@ def test_verify_uses_bab_and_no_bab_turns_it_off(tmp_path: Path) -> None:
     assert result.status == "unsat" and result.stats["bab"]["proved_cases"] == 1
     result = genbab.verify(model, spec_path, timeout=4, bab=False)
     assert result.status == "timeout"
+
+
+def test_branch_and_bound_reports_live_progress(tmp_path: Path, capsys) -> None:
+    """Progress events after every batch: growing domain counts, the worst open bound, and a
+    line on stderr from the command line's reporter."""
+    from genbab.api import BabProgress
+    from genbab.progress import ProgressReporter
+
+    model = toy()
+    floor = sampled_min_y2(model) - 0.05
+    spec_path = tmp_path / "tight.vnnlib"
+    lines = [f"(declare-const X_{i} Real)" for i in range(2)] + [f"(declare-const Y_{j} Real)" for j in range(3)]
+    lines += [f"(assert (>= X_{i} -1.0))\n(assert (<= X_{i} 1.0))" for i in range(2)]
+    lines += [f"(assert (<= Y_2 {floor!r}))"]
+    spec_path.write_text("\n".join(lines) + "\n")
+    events = []
+    result = genbab.verify(model, spec_path, timeout=60, progress=lambda *e: events.append(e))
+    assert result.status == "unsat"
+    bab = [stats for phase, stats, _ in events if phase == "bab"]
+    assert len(bab) >= 2 and all(isinstance(s, BabProgress) for s in bab)
+    visited = [s.visited for s in bab]
+    assert visited == sorted(visited) and visited[-1] == result.stats["bab"]["cases"][0]["visited"]
+    assert bab[-1].open == 0 and bab[0].worst_bound < 0
+    with ProgressReporter(interval_s=0.0) as reporter:
+        reporter("bab", bab[0], 12.0)
+    err = capsys.readouterr().err
+    assert "branch and bound, case 0" in err and f"{bab[0].visited} domains bounded" in err

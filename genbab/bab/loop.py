@@ -64,7 +64,7 @@ class BranchAndBound:
 
     def __init__(self, engine: BoundEngine, lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor,
                  d: torch.Tensor, config: BabConfig = BabConfig(), root_bounds=None,
-                 attack: DomainAttack | None = None):
+                 attack: DomainAttack | None = None, on_progress=None):
         self.engine, self.config = engine, config
         self.lower, self.upper = lower, upper
         self.C, self.d = C.to(engine.dtype), d.to(engine.dtype)
@@ -85,6 +85,7 @@ class BranchAndBound:
         maximum = config.input_batch_size if self.input_mode else config.batch_size
         self.batch = fitting_batch(maximum, pass_bytes_per_domain(engine.shapes, C.shape[0], itemsize),
                                    free_bytes(engine.device))
+        self.on_progress = on_progress  # called with the BabResult after every batch
         self.domain_attack = DomainAttacker(attack) if attack is not None else None
         self.witness = None
 
@@ -246,6 +247,8 @@ class BranchAndBound:
     def _log(self, result: BabResult, open_domains: DomainBatch) -> None:
         worst = float(open_domains.lb.min()) if len(open_domains) else float("inf")
         result.history.append((round(time.monotonic() - self.start, 3), worst, len(open_domains)))
+        if self.on_progress is not None:
+            self.on_progress(result)
 
     def _finish(self, result: BabResult, status: str, open_domains: DomainBatch) -> BabResult:
         result.status, result.open, result.batch = status, len(open_domains), self.batch
