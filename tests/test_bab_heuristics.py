@@ -97,8 +97,34 @@ def test_bbps_scores_estimate_gains_for_every_neuron() -> None:
         assert scores.shape == lo.shape and not bool(scores.isnan().any())
         # a neuron the bound does not depend on cannot gain anything
         assert bool((scores[lam == 0] <= 1e-12).all())
+        # pruned scoring: the top-k neurons by the cheap upper bound get their exact scores
+        k = max(1, lo.shape[1] // 3)
+        pruned = node_scores(engine, reader, sc, lam, lo, hi, (lo + hi) / 2, box, top_k=k)
+        kept = torch.isfinite(pruned)
+        assert int(kept.sum()) == k
+        torch.testing.assert_close(pruned[kept], scores[kept])
         scored += 1
     assert scored > 0
+
+
+def test_bbps_score_upper_bounds_hold() -> None:
+    """The cheap bound used to prune BBPS scoring is above every exact worst-child gain."""
+    from genbab.bab.bbps import Shortcut, _exact_scores, _score_upper_bounds
+
+    gen = torch.Generator().manual_seed(7)
+    D, n, n_in = 5, 12, 9
+    sc = Shortcut(torch.randn(n, n_in, generator=gen, dtype=torch.float64), torch.randn(n, generator=gen, dtype=torch.float64),
+                  torch.randn(n, n_in, generator=gen, dtype=torch.float64), torch.randn(n, generator=gen, dtype=torch.float64))
+    G = torch.randn(D, n_in, generator=gen, dtype=torch.float64)
+    center = torch.randn(D, n_in, generator=gen, dtype=torch.float64)
+    radius = torch.rand(D, n_in, generator=gen, dtype=torch.float64)
+    base = (G * center).sum(-1) - (G.abs() * radius).sum(-1)
+    children = [tuple(torch.randn(D, n, generator=gen, dtype=torch.float64) for _ in range(3)) for _ in range(2)]
+    children = [(d_p.abs(), -d_n.abs(), c) for d_p, d_n, c in children]
+    exact = _exact_scores(sc, children, G, base, center, radius, None)
+    bound = _score_upper_bounds(sc, children, center, radius)
+    assert bool((bound >= exact - 1e-9).all())
+    assert bool((bound - exact > 1e-6).any())  # a real bound, not the exact value
 
 
 def _bab(model, floor: float, config: BabConfig, seconds: float) -> str:

@@ -72,10 +72,12 @@ def _concretize(G: torch.Tensor, center: torch.Tensor, radius: torch.Tensor) -> 
 
 
 def node_scores(engine: BoundEngine, reader: Node, shortcut: Shortcut, lam: torch.Tensor, lo: torch.Tensor,
-                hi: torch.Tensor, points: torch.Tensor, box: Box) -> torch.Tensor:
+                hi: torch.Tensor, points: torch.Tensor, box: Box, top_k: int | None = None) -> torch.Tensor:
     """``[D, n]`` worst-child estimated gains of splitting each neuron of ``reader``'s input at ``points``.
 
-    ``lam``: ``[D, n]`` coefficient of the best row at ``reader``'s output; ``lo``/``hi``/``points``: ``[D, n]``."""
+    ``lam``: ``[D, n]`` coefficient of the best row at ``reader``'s output; ``lo``/``hi``/``points``: ``[D, n]``.
+    With ``top_k``, only the ``top_k`` neurons with the highest cheap upper bound of the score
+    (:func:`_score_upper_bounds`) are scored exactly; the others get ``-inf``."""
     op = engine.rules[reader.name].op
     D, n = lam.shape
     lam_p, lam_n = lam.clamp(min=0), lam.clamp(max=0)
@@ -93,18 +95,54 @@ def node_scores(engine: BoundEngine, reader: Node, shortcut: Shortcut, lam: torc
     center = box.center.reshape(D, -1).to(G.dtype)
     radius = box.radius.reshape(D, -1).to(G.dtype)
     base = _concretize(G, center, radius)
-    score = torch.full((D, n), torch.inf, dtype=G.dtype)
+    children = []
     for c_lo, c_hi in ((lo, points), (points, hi)):
         a_c, beta_c = coeffs(c_lo, c_hi)
         d_p, d_n = a_c.clamp(min=0) - a_p, a_c.clamp(max=0) - a_n  # [D, n]
         d_const = d_p * shortcut.c_l + d_n * shortcut.c_u + (beta_c - beta)
-        d_const = torch.nan_to_num(d_const, nan=-torch.inf)
+        children.append((d_p, d_n, torch.nan_to_num(d_const, nan=-torch.inf)))
+    if top_k is not None and top_k < n:
+        bound = _score_upper_bounds(shortcut, children, center, radius)
+        idx = torch.topk(bound, top_k, dim=1).indices  # [D, k]
+        exact = _exact_scores(shortcut, children, G, base, center, radius, idx)
+        return torch.full((D, n), -torch.inf, dtype=G.dtype).scatter(1, idx, exact)
+    return _exact_scores(shortcut, children, G, base, center, radius, None)
+
+
+def _exact_scores(shortcut: Shortcut, children, G, base, center, radius, idx: torch.Tensor | None) -> torch.Tensor:
+    """Worst-child gains by the rank-one updates of ``G`` for every neuron (``idx`` None) or for
+    the neurons ``idx`` ``[D, k]`` of each domain."""
+    D = G.shape[0]
+    score = None
+    for d_p, d_n, d_const in children:
+        if idx is None:
+            rows = torch.arange(d_p.shape[1]).expand(D, -1)  # only its width is used
+        else:
+            rows = idx
+            d_p, d_n, d_const = (t.gather(1, idx) for t in (d_p, d_n, d_const))
+        k = rows.shape[1]
         chunk = max(1, int(CHUNK_ELEMENTS // max(1, D * G.shape[1])))
         gains = []
-        for s in range(0, n, chunk):
+        for s in range(0, k, chunk):
             e = slice(s, s + chunk)
-            G_new = (G.unsqueeze(1) + d_p[:, e, None] * shortcut.W_l[e] + d_n[:, e, None] * shortcut.W_u[e])
+            r = e if idx is None else rows[:, e]  # all neurons: broadcast the rows instead of gathering
+            G_new = G.unsqueeze(1) + d_p[:, e, None] * shortcut.W_l[r] + d_n[:, e, None] * shortcut.W_u[r]
             gains.append(_concretize(G_new, center.unsqueeze(1), radius.unsqueeze(1)) - base.unsqueeze(1))
-        gain = torch.cat(gains, dim=1) + d_const
-        score = torch.minimum(score, gain.nan_to_num(nan=-torch.inf))
+        gain = (torch.cat(gains, dim=1) + d_const).nan_to_num(nan=-torch.inf)
+        score = gain if score is None else torch.minimum(score, gain)
     return score
+
+
+def _score_upper_bounds(shortcut: Shortcut, children, center: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
+    """``[D, n]`` upper bounds of the worst-child gains, without the rank-one updates: a child's gain
+    ``delta.x0 - (|G + delta| - |G|).eps + const`` with ``delta = d_p W_l[j] + d_n W_u[j]`` is at most
+    ``d_p (W_l x0)_j + d_n (W_u x0)_j + |d_p| (|W_l| eps)_j + |d_n| (|W_u| eps)_j + const``
+    (triangle inequality)."""
+    lin_l, lin_u = center @ shortcut.W_l.T, center @ shortcut.W_u.T  # [D, n]
+    rad_l, rad_u = radius @ shortcut.W_l.abs().T, radius @ shortcut.W_u.abs().T
+    bound = None
+    for d_p, d_n, d_const in children:
+        b = d_p * lin_l + d_n * lin_u + d_p.abs() * rad_l + d_n.abs() * rad_u + d_const
+        b = b.nan_to_num(nan=-torch.inf)
+        bound = b if bound is None else torch.minimum(bound, b)
+    return bound

@@ -30,6 +30,7 @@ from genbab.bounds.engine import BoundEngine, Bounds
 from genbab.model.graph import Node
 
 GAP_CAP = 1e30
+BBPS_TOP_K = 16  # per node and domain, neurons scored exactly by BBPS (chosen by a cheap upper bound)
 MIN_WIDTH = 1e-6
 
 
@@ -107,7 +108,7 @@ def candidate_scores(engine: BoundEngine, name: str, readers: list[Node], bounds
     lo, hi = (b.reshape(b.shape[0], -1) for b in bounds[name])
     D = lo.shape[0]
     lam = record[readers[0].name][torch.arange(D), best_row].reshape(D, -1)
-    gain = node_scores(engine, readers[0], shortcut, lam, lo, hi, points, ctx.box)
+    gain = node_scores(engine, readers[0], shortcut, lam, lo, hi, points, ctx.box, top_k=BBPS_TOP_K)
     width_ok = (hi - lo) > MIN_WIDTH
     # BBPS gains rank first; where BBPS sees no gain the intercept score (scaled far below) decides
     fallback = babsr / (1 + babsr.amax(dim=1, keepdim=True)) * 1e-9
