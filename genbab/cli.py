@@ -52,6 +52,9 @@ def verify(model: Path, spec: Path, timeout: float, results_file: Path | None, j
            device: str, seed: int, no_bab: bool, no_bounds: bool, quiet: bool, branching: str,
            branching_points: str, kernels: str, threads: int) -> None:
     """Check MODEL (.onnx[.gz]) against the VNN-LIB property SPEC (.vnnlib[.gz])."""
+    from genbab.memory_tuning import tune_malloc
+
+    tune_malloc()  # keep freed tensor memory in the heap (glibc only): page faults cost more than bounds
     import torch
 
     from genbab.bab.loop import BabConfig

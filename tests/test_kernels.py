@@ -368,7 +368,11 @@ def write_small_net(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("method", ["crown", "alpha-crown"])
 def test_bounds_agree_between_backends(tmp_path, method):
-    """Whole CROWN / alpha-CROWN bounds: the triton backend matches the torch backend."""
+    """Whole CROWN / alpha-CROWN bounds: the triton backend matches the torch backend.
+
+    One alpha step only: Adam normalises gradients, so after a few steps rounding differences
+    of 1e-13 between the backends can send the two optimisations down different (equally sound)
+    paths; longer runs are checked for soundness instead (next test)."""
     import genbab
     from genbab.bounds import compute_bounds
     from genbab.bounds.alpha import AlphaConfig
@@ -379,6 +383,28 @@ def test_bounds_agree_between_backends(tmp_path, method):
     for name in ("torch", "triton"):
         kernel_backend.set_backend(name)
         res[name] = compute_bounds(model, lower, upper, method,
-                                   alpha=AlphaConfig(iterations=3, stop_when_positive=False))
+                                   alpha=AlphaConfig(iterations=1, stop_when_positive=False))
     for x, y in zip(res["torch"], res["triton"]):
-        torch.testing.assert_close(x, y, rtol=1e-7, atol=1e-7)
+        torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-9)
+
+
+def test_alpha_crown_on_the_triton_backend_is_sound(tmp_path):
+    """Several alpha steps on the triton backend: the bounds contain every sampled output and are
+    no looser than CROWN's."""
+    import genbab
+    from genbab.bounds import compute_bounds
+    from genbab.bounds.alpha import AlphaConfig
+    model = genbab.load_model(write_small_net(tmp_path))
+    lower = torch.tensor([[-1.0, -0.5, 0.0, 0.2], [0.0, 0.0, 0.0, 0.0]], dtype=F64)
+    upper = lower + torch.tensor([[0.5, 1.0, 0.3, 0.1], [1.0, 1.0, 1.0, 1.0]], dtype=F64)
+    kernel_backend.set_backend("triton")
+    crown = compute_bounds(model, lower, upper, "crown")
+    lb, ub = compute_bounds(model, lower, upper, "alpha-crown",
+                            alpha=AlphaConfig(iterations=5, stop_when_positive=False))
+    assert bool((lb >= crown[0] - 1e-12).all() and (ub <= crown[1] + 1e-12).all())
+    g = torch.Generator().manual_seed(11)
+    for b in range(2):
+        xs = lower[b] + torch.rand(20_000, 4, generator=g, dtype=F64) * (upper[b] - lower[b])
+        with torch.no_grad():
+            ys = model.forward_flat(xs.to(model.dtype)).double()
+        assert bool((ys >= lb[b] - 1e-5).all() and (ys <= ub[b] + 1e-5).all())

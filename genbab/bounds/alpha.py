@@ -174,8 +174,11 @@ def optimize_rows(engine: BoundEngine, C: torch.Tensor, box: Box, bounds: Bounds
     return best
 
 
+TIGHTEN_BYTES_PER_ELEMENT = 8 * 128  # float64 parameters and the relaxation temporaries autograd keeps
+
+
 def tighten_intermediates(engine: BoundEngine, box: Box, bounds: Bounds, iterations: int = 4, lr: float = 0.2,
-                          deadline: float | None = None, max_param_elements: float = 3e7) -> Bounds:
+                          deadline: float | None = None, max_param_elements: float | None = None) -> Bounds:
     """Intermediate bounds tightened by alpha-CROWN, node by node in topological order.
 
     For each CROWN target ``z`` (``n`` neurons) the rows ``+e_j`` and ``-e_j`` get their own
@@ -183,7 +186,11 @@ def tighten_intermediates(engine: BoundEngine, box: Box, bounds: Bounds, iterati
     ``sum_j lb_j(z) - ub_j(z)``; the best bounds seen are intersected with the current ones, and
     the interval bounds of every later node are refreshed before the next target. Every iterate
     is a sound bound, so stopping at the deadline (or skipping a node whose parameters would
-    exceed ``max_param_elements``) leaves sound, merely looser, bounds."""
+    exceed ``max_param_elements``, by default what a quarter of the free memory holds at
+    ``TIGHTEN_BYTES_PER_ELEMENT``) leaves sound, merely looser, bounds."""
+    if max_param_elements is None:
+        from genbab.bab.memory import free_bytes
+        max_param_elements = min(3e7, 0.25 * free_bytes(engine.device) / TIGHTEN_BYTES_PER_ELEMENT)
     bounds = dict(bounds)
     for node in engine.nodes:
         name = node.name
