@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/run_suite.py BENCH [BENCH...] [--timeout-scale F] [--max-timeout S] [--limit N]
        [--spread] [--no-bounds] [--no-bab] [--branching bbps|babsr] [--branching-points opt|uniform]
-       [--out results.csv] [--table table.md]
+       [--match SUBSTR] [--out results.csv] [--table table.md]
 Prints one line per instance and a summary per benchmark: proved (unsat), falsified (sat),
 open, *wrong* (disagreeing with the reference consensus), median time of solved instances.
 Each instance runs in this process (start-up is paid once); times exclude that start-up and
@@ -29,6 +29,7 @@ import genbab
 from genbab.api import verify
 from genbab.bab.loop import BabConfig
 from genbab.errors import GenbabError
+from genbab.memory_tuning import tune_malloc
 
 
 def instances(folder: Path) -> list[dict]:
@@ -77,16 +78,19 @@ def main() -> int:
     ap.add_argument("--no-bab", action="store_true", help="attack + alpha-CROWN only, no branch and bound")
     ap.add_argument("--branching", choices=["bbps", "babsr"], default="bbps", help="activation-split heuristic")
     ap.add_argument("--branching-points", choices=["opt", "uniform"], default="opt", help="split points of smooth ops")
+    ap.add_argument("--match", default="", help="only instances whose model or property path contains this")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--table", type=Path, help="write a Markdown summary table here")
     args = ap.parse_args()
+    tune_malloc()  # as `genbab verify` does
     root = Path(os.environ.get("GENBAB_BENCHMARKS", Path(__file__).resolve().parents[2] / "shared" / "benchmarks"))
     out, table = [], [TABLE_HEAD]
     bab_config = BabConfig(branching=args.branching, branching_points=args.branching_points)
     wrong_total = 0
     for bench in args.benchmarks:
         everything = instances(root / bench)
-        rows = subset(everything, args.limit, args.spread)
+        matching = [r for r in everything if args.match in str(r["onnx"]) or args.match in str(r["vnnlib"])]
+        rows = subset(matching, args.limit, args.spread)
         tally, times, models = {"sat": 0, "unsat": 0, "open": 0, "wrong": 0}, [], {}
         for r in rows:
             model = models.get(r["onnx"]) or models.setdefault(r["onnx"], genbab.load_model(r["onnx"]))
