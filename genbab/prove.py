@@ -44,14 +44,17 @@ def prove_cases(model: Model, spec: Spec, deadline: float, alpha: AlphaConfig = 
                 boxes_per_pass: int = 16, tighten: bool = True) -> ProofReport:
     """Bound every case with alpha-CROWN; stop (leaving cases unproved) at the deadline.
 
-    Where CROWN's intermediate bounds leave a case of a box unproved, they are tightened by
-    alpha-CROWN node by node (:func:`~genbab.bounds.alpha.tighten_intermediates`) and the
-    cases bounded again."""
+    First every box gets CROWN intermediate bounds and alpha-CROWN (``boxes_per_pass`` boxes per
+    batched pass); then, where a box's cases are left unproved, its intermediate bounds are
+    tightened by alpha-CROWN node by node (:func:`~genbab.bounds.alpha.tighten_intermediates`)
+    and its cases bounded again. Tightening gets at most ``TIGHTEN_SHARE`` of the time left,
+    shared evenly by those boxes (a property with 500 boxes must not spend it on the first)."""
     start = time.monotonic()
     engine = engine_for(model)
     unique, inverse, _ = group_by_box(spec)
     case_bounds = torch.full((spec.n_cases,), -torch.inf, dtype=torch.float64)
     root_bounds: list = [None] * spec.n_cases
+    passes = []
     for first in range(0, len(unique), boxes_per_pass):
         if time.monotonic() >= deadline:
             break
@@ -65,18 +68,32 @@ def prove_cases(model: Model, spec: Spec, deadline: float, alpha: AlphaConfig = 
         except BoundsTimeout:
             break
         lb = optimize_rows(engine, C, box, bounds, alpha, offset=d, deadline=deadline).detach()
-        if tighten and not _all_proved(lb, members, spec.n_rows) and time.monotonic() < deadline:
-            budget = time.monotonic() + TIGHTEN_SHARE * (deadline - time.monotonic())
-            bounds = tighten_intermediates(engine, box, bounds, deadline=budget)
+        _record(spec, members, lb, bounds, case_bounds, root_bounds)
+        if not _all_proved(lb, members, spec.n_rows):
+            passes.append((members, C, d, box, bounds, lb))
+    if tighten and passes and time.monotonic() < deadline:
+        budget_left = TIGHTEN_SHARE * (deadline - time.monotonic())
+        for i, (members, C, d, box, bounds, lb) in enumerate(passes):
+            now = time.monotonic()
+            if now >= deadline or budget_left <= 0:
+                break
+            share = budget_left / (len(passes) - i)
+            bounds = tighten_intermediates(engine, box, bounds, deadline=min(deadline, now + share))
             again = optimize_rows(engine, C, box, bounds, alpha, offset=d, deadline=deadline).detach()
-            lb = torch.maximum(lb, again)
-        for g, cases in enumerate(members):
-            for case in cases.tolist():
-                root_bounds[case] = {k: (lo[g:g + 1], hi[g:g + 1]) for k, (lo, hi) in bounds.items()}
-            per_case = lb[g, : len(cases) * spec.n_rows].reshape(len(cases), spec.n_rows)
-            case_bounds[cases] = per_case.amax(dim=1).to(torch.float64)
+            _record(spec, members, torch.maximum(lb, again), bounds, case_bounds, root_bounds)
+            budget_left -= time.monotonic() - now
     proved = case_bounds > 0
     return ProofReport(proved, case_bounds, len(unique), time.monotonic() - start, root_bounds)
+
+
+def _record(spec: Spec, members: list[torch.Tensor], lb: torch.Tensor, bounds, case_bounds: torch.Tensor,
+            root_bounds: list) -> None:
+    """Store each member case's best row bound and its box's intermediate bounds (in place)."""
+    for g, cases in enumerate(members):
+        for case in cases.tolist():
+            root_bounds[case] = {k: (lo[g:g + 1], hi[g:g + 1]) for k, (lo, hi) in bounds.items()}
+        per_case = lb[g, : len(cases) * spec.n_rows].reshape(len(cases), spec.n_rows)
+        case_bounds[cases] = torch.maximum(case_bounds[cases], per_case.amax(dim=1).to(torch.float64))
 
 
 def _all_proved(lb: torch.Tensor, members: list[torch.Tensor], n_rows: int) -> bool:
