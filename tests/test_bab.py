@@ -27,6 +27,16 @@ def sampled_min_y2(model: genbab.Model) -> float:
         return float(model.forward_flat(xs.float())[:, 2].min())
 
 
+def floor_spec(tmp_path: Path, floor: float, name: str = "tight.vnnlib") -> Path:
+    """A VNN-LIB file: ``x in [-1, 1]^2`` and the unsafe set ``Y_2 <= floor``."""
+    path = tmp_path / name
+    lines = [f"(declare-const X_{i} Real)" for i in range(2)] + [f"(declare-const Y_{j} Real)" for j in range(3)]
+    lines += [f"(assert (>= X_{i} -1.0))\n(assert (<= X_{i} 1.0))" for i in range(2)]
+    lines += [f"(assert (<= Y_2 {floor!r}))"]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def test_split_halves_the_chosen_neuron() -> None:
     shapes = {"a": (1, 4), "b": (3,)}
     root = root_domains(shapes, torch.float64)
@@ -72,11 +82,7 @@ def test_neuron_splits_with_beta_prove_without_input_splits() -> None:
 def test_verify_uses_bab_and_no_bab_turns_it_off(tmp_path: Path) -> None:
     model = toy()
     floor = sampled_min_y2(model) - 0.05
-    spec_path = tmp_path / "tight.vnnlib"
-    lines = [f"(declare-const X_{i} Real)" for i in range(2)] + [f"(declare-const Y_{j} Real)" for j in range(3)]
-    lines += [f"(assert (>= X_{i} -1.0))\n(assert (<= X_{i} 1.0))" for i in range(2)]
-    lines += [f"(assert (<= Y_2 {floor!r}))"]
-    spec_path.write_text("\n".join(lines) + "\n")
+    spec_path = floor_spec(tmp_path, floor)
     result = genbab.verify(model, spec_path, timeout=60)
     assert result.status == "unsat" and result.stats["bab"]["proved_cases"] == 1
     result = genbab.verify(model, spec_path, timeout=4, bab=False)
@@ -91,11 +97,7 @@ def test_branch_and_bound_reports_live_progress(tmp_path: Path, capsys) -> None:
 
     model = toy()
     floor = sampled_min_y2(model) - 0.05
-    spec_path = tmp_path / "tight.vnnlib"
-    lines = [f"(declare-const X_{i} Real)" for i in range(2)] + [f"(declare-const Y_{j} Real)" for j in range(3)]
-    lines += [f"(assert (>= X_{i} -1.0))\n(assert (<= X_{i} 1.0))" for i in range(2)]
-    lines += [f"(assert (<= Y_2 {floor!r}))"]
-    spec_path.write_text("\n".join(lines) + "\n")
+    spec_path = floor_spec(tmp_path, floor)
     events = []
     result = genbab.verify(model, spec_path, timeout=60, progress=lambda *e: events.append(e))
     assert result.status == "unsat"

@@ -16,6 +16,7 @@ from genbab.attack.witness import Replayer
 from genbab.bab.domain_attack import bound_minimizers
 from genbab.bab.loop import BabConfig, BranchAndBound
 from genbab.bounds import engine_for
+from tests.test_bab import floor_spec
 
 SPECS = Path(genbab.__file__).resolve().parent.parent / "specs"
 
@@ -41,11 +42,7 @@ def violated_spec(tmp_path: Path, model: genbab.Model) -> tuple[genbab.Spec, flo
     xs = torch.rand(200_000, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2 - 1
     with torch.no_grad():
         floor = float(model.forward_flat(xs.float())[:, 2].min()) + 0.002
-    lines = [f"(declare-const X_{i} Real)" for i in range(2)] + [f"(declare-const Y_{j} Real)" for j in range(3)]
-    lines += [f"(assert (>= X_{i} -1.0))\n(assert (<= X_{i} 1.0))" for i in range(2)]
-    lines += [f"(assert (<= Y_2 {floor!r}))"]
-    path = tmp_path / "violated.vnnlib"
-    path.write_text("\n".join(lines) + "\n")
+    path = floor_spec(tmp_path, floor, "violated.vnnlib")
     return genbab.load_spec(path), floor
 
 
