@@ -102,8 +102,10 @@ def main() -> int:
                                 bab_config=bab_config).status
             except GenbabError as err:  # counted as open; the line shows why
                 status = f"error ({err})"
-            res = SimpleNamespace(status=status)
             dt = time.monotonic() - t0
+            if status in ("sat", "unsat") and dt > timeout + 2.0:  # the CLI would have answered timeout
+                status = f"timeout (late {status})"
+            res = SimpleNamespace(status=status)
             wrong = res.status in ("sat", "unsat") and r["expected"] in ("sat", "unsat") and res.status != r["expected"]
             tally["wrong"] += wrong
             tally[res.status if res.status in ("sat", "unsat") else "open"] += 1

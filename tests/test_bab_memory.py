@@ -57,3 +57,18 @@ def test_search_halves_its_batch_after_out_of_memory_and_still_proves(monkeypatc
     assert result.status == "unsat" and result.batch == 1
     assert max(sizes) == 2 and sizes[-1] == 1
     assert result.visited > 2
+
+
+def test_slow_passes_take_fewer_parents() -> None:
+    """Children whose bound pass would outlast PASS_SECONDS (or the time left) are fewer."""
+    from genbab.bab.loop import PASS_SECONDS
+
+    model = genbab.load_model(SPECS / "toy_mlp.onnx")
+    bab = BranchAndBound(engine_for(model), *BOX, C_Y2, torch.zeros(1, dtype=torch.float64),
+                         BabConfig(input_split_max_dims=0, batch_size=64))
+    far = time.monotonic() + 1000
+    assert bab.parents_per_pass(1e-6, far) == 32  # fast: half the batch
+    slow = bab.parents_per_pass(PASS_SECONDS / 8, far)  # 8 children's worth of time
+    assert slow == 4 and 2 * slow * PASS_SECONDS / 8 <= PASS_SECONDS
+    assert bab.parents_per_pass(10.0, far) == 1  # always some progress
+    assert bab.parents_per_pass(1e-3, time.monotonic() + 0.01) <= 5  # little time left

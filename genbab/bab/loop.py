@@ -10,7 +10,8 @@ from CROWN once, at the root; below it they are the root's, tightened by the spl
 and an IBP pass (each child costs one interval pass and one backward pass from the output).
 ``unsat`` when no domain is open, ``timeout`` at the deadline, ``unknown`` when a domain cannot
 be split further or the domain limit is reached. The batch is the configured maximum or less,
-as free memory allows (:mod:`genbab.bab.memory`), and halves after an out-of-memory error. A
+as free memory allows (:mod:`genbab.bab.memory`), halves after an out-of-memory error, and
+shrinks when the last pass's time per domain says the next would outlast ``PASS_SECONDS``. A
 domain whose bounds are contradictory (some ``lower > upper``) is empty, hence proved; a NaN
 bound never proves anything.
 """
@@ -32,6 +33,9 @@ from genbab.bab.domains import DomainBatch, root_domains, split
 from genbab.bab.memory import fitting_batch, free_bytes, is_out_of_memory, pass_bytes_per_domain
 from genbab.bounds.alpha import AlphaConfig, optimize_rows
 from genbab.bounds.engine import BoundEngine, BoundsTimeout
+
+
+PASS_SECONDS = 3.0  # a bound pass over one batch of children should take about this long at most
 
 
 @dataclass(frozen=True)
@@ -193,7 +197,9 @@ class BranchAndBound:
         open_domains = to_bound.select(torch.zeros(0, dtype=torch.int64))
         try:
             while True:
+                started = time.monotonic()
                 bounded = self.bound_in_chunks(to_bound, deadline)
+                seconds_per_domain = (time.monotonic() - started) / max(1, len(to_bound))
                 result.visited += len(bounded)
                 result.max_depth = max(result.max_depth, int(bounded.depth.max()))
                 if self.witness is not None:
@@ -212,11 +218,19 @@ class BranchAndBound:
                 if time.monotonic() >= deadline:
                     return self._finish(result, "timeout", open_domains)
                 order = torch.argsort(open_domains.lb)
-                take = max(1, self.batch // 2)
+                take = self.parents_per_pass(seconds_per_domain, deadline)
                 parents, open_domains = open_domains.select(order[:take]), open_domains.select(order[take:])
                 to_bound = split(parents, self.candidates)
         except BoundsTimeout:
             return self._finish(result, "timeout", open_domains)
+
+    def parents_per_pass(self, seconds_per_domain: float, deadline: float) -> int:
+        """Parents to split next: half the batch, fewer when the last pass's time per domain says
+        their children would take more than ``PASS_SECONDS`` (or than the time left) to bound, so
+        that the deadline is kept between passes even on large models."""
+        seconds = min(PASS_SECONDS, max(0.0, deadline - time.monotonic()))
+        by_time = int(seconds / max(2 * seconds_per_domain, 1e-9))
+        return max(1, min(self.batch // 2, by_time))
 
     def bound_in_chunks(self, domains: DomainBatch, deadline: float) -> DomainBatch:
         """:meth:`bound` on at most ``self.batch`` domains at a time; an out-of-memory error halves
