@@ -241,3 +241,59 @@ def test_tune_malloc_does_nothing_off_glibc(monkeypatch):
     monkeypatch.setattr(os, "confstr", no_glibc)
     monkeypatch.setattr(memory_tuning.ctypes, "CDLL", lambda *a: pytest.fail("loaded libc off glibc"))
     assert memory_tuning.tune_malloc() is False
+
+
+# ----------------------------------------------------------------------------- soundness on real points
+
+
+def _random_box(shape, gen):
+    lo = torch.randn(shape, generator=gen, dtype=torch.float64) * 2
+    return lo, lo + torch.rand(shape, generator=gen, dtype=torch.float64) * 3
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_matmul_backward_is_a_sound_lower_bound_on_sampled_points(seed) -> None:
+    """``A (x @ y) >= A_x . x + A_y . y + bias`` for points sampled in the boxes of ``x`` and ``y``,
+    with McCormick planes at random alpha, as the engine builds them (the fast einsum path)."""
+    from genbab.bounds.nonlinear import matmul_backward, matmul_expand
+    from genbab.ops.bilinear import relax_mul
+
+    gen = torch.Generator().manual_seed(seed)
+    B, S, i, j, k = 2, 3, 4, 5, 3
+    lx, ux = _random_box((B, i, j), gen)
+    ly, uy = _random_box((B, j, k), gen)
+    ex = matmul_expand(lx, ux, ly, uy)
+    # pure McCormick planes (alpha 0 or 1) are tight at box corners, where a wrong plane shows
+    params = {"alpha_lower": torch.randint(0, 2, (B, 1, i, j, k), generator=gen).double(),
+              "alpha_upper": torch.randint(0, 2, (B, 1, i, j, k), generator=gen).double()}
+    relaxed = relax_mul(*(t.unsqueeze(1) for t in ex), params)
+    A = torch.randn(B, S, i, k, generator=gen, dtype=torch.float64)
+    A_x, A_y, bias = matmul_backward(A, (relaxed.lower, relaxed.upper), (i, j), (j, k))
+    n = 4000
+    u_x = torch.rand(B, n, i, j, generator=gen, dtype=torch.float64)
+    u_y = torch.rand(B, n, j, k, generator=gen, dtype=torch.float64)
+    u_x[:, : n // 2], u_y[:, : n // 2] = u_x[:, : n // 2].round(), u_y[:, : n // 2].round()  # box corners
+    x = lx.unsqueeze(1) + u_x * (ux - lx).unsqueeze(1)
+    y = ly.unsqueeze(1) + u_y * (uy - ly).unsqueeze(1)
+    true = torch.einsum("bsik,bnik->bsn", A, x @ y)
+    line = (torch.einsum("bsij,bnij->bsn", A_x, x) + torch.einsum("bsjk,bnjk->bsn", A_y, y)
+            + bias.unsqueeze(-1))
+    assert bool((true >= line - 1e-9).all())
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_elementwise_backward_is_a_sound_lower_bound_on_sampled_points(seed) -> None:
+    """``A sigmoid(z) >= coeff . z + bias`` for points sampled in the box (mat-vec bias path)."""
+    from genbab.bounds.nonlinear import elementwise_backward
+    from genbab.ops.registry import elementwise_table
+
+    gen = torch.Generator().manual_seed(seed)
+    B, S, n_z = 2, 3, 7
+    lo, hi = _random_box((B, n_z), gen)
+    lines = elementwise_table()["Sigmoid"].relax(lo.unsqueeze(1), hi.unsqueeze(1))
+    A = torch.randn(B, S, n_z, generator=gen, dtype=torch.float64)
+    coeff, bias = elementwise_backward(A, lines)
+    z = lo.unsqueeze(1) + torch.rand(B, 5000, n_z, generator=gen, dtype=torch.float64) * (hi - lo).unsqueeze(1)
+    true = torch.einsum("bsn,bpn->bsp", A, torch.sigmoid(z))
+    line = torch.einsum("bsn,bpn->bsp", coeff, z) + bias.unsqueeze(-1)
+    assert bool((true >= line - 1e-9).all())
