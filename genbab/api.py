@@ -133,6 +133,7 @@ def run_bab(model: Model, spec: Spec, open_cases: torch.Tensor, deadline: float,
     attacker = Attacker(model, spec, Replayer(model, spec), attack)
     while remaining and time.monotonic() < deadline:
         case = remaining[0]
+
         def domain_attack(x, lo, hi, until, case=case):
             return attacker.descend(x, torch.full((len(x),), case), lo, hi, until, DOMAIN_ATTACK_STEPS)
 

@@ -49,9 +49,9 @@ def prove_cases(model: Model, spec: Spec, deadline: float, alpha: AlphaConfig = 
     First every box gets CROWN intermediate bounds and alpha-CROWN (``boxes_per_pass`` boxes per
     batched pass); then, where a box's cases are left unproved, its intermediate bounds are
     tightened by alpha-CROWN node by node (:func:`~genbab.bounds.alpha.tighten_intermediates`)
-    and its cases bounded again, in rounds of 4, 8, 16 and 32 steps (each from the last round's
-    bounds) while some row bound still rises. Tightening gets at most ``TIGHTEN_SHARE`` of the time left, shared evenly
-    by those boxes (a property with 500 boxes must not spend it on the first)."""
+    and its cases bounded again (:func:`_tighten_in_rounds`: rounds of 4, 8, 16 and 32 steps
+    while some row bound still rises, at most ``TIGHTEN_SHARE`` of the time left, shared evenly
+    by those boxes so that a property with 500 boxes does not spend it on the first)."""
     start = time.monotonic()
     engine = engine_for(model)
     unique, inverse, _ = group_by_box(spec)
@@ -75,27 +75,36 @@ def prove_cases(model: Model, spec: Spec, deadline: float, alpha: AlphaConfig = 
         if not _all_proved(lb, members, spec.n_rows):
             passes.append((members, C, d, box, bounds, lb))
     if tighten and passes and time.monotonic() < deadline:
-        budget_left = TIGHTEN_SHARE * (deadline - time.monotonic())
-        for rnd in range(TIGHTEN_ROUNDS):  # a round that ends early leaves time for a longer one
-            improving = []
-            for i, (members, C, d, box, bounds, lb) in enumerate(passes):
-                now = time.monotonic()
-                if now >= deadline or budget_left <= 0:
-                    break
-                share = budget_left / (len(passes) - i)
-                bounds = tighten_intermediates(engine, box, bounds, iterations=4 * 2 ** rnd,
-                                               deadline=min(deadline, now + share))
-                again = torch.maximum(lb, optimize_rows(engine, C, box, bounds, alpha, offset=d,
-                                                        deadline=deadline).detach())
-                _record(spec, members, again, bounds, case_bounds, root_bounds)
-                budget_left -= time.monotonic() - now
-                if not _all_proved(again, members, spec.n_rows) and bool((again - lb > TIGHTEN_PROGRESS).any()):
-                    improving.append((members, C, d, box, bounds, again))
-            passes = improving
-            if not passes or budget_left <= 0 or time.monotonic() >= deadline:
-                break
+        _tighten_in_rounds(engine, spec, passes, alpha, deadline, case_bounds, root_bounds)
     proved = case_bounds > 0
     return ProofReport(proved, case_bounds, len(unique), time.monotonic() - start, root_bounds)
+
+
+def _tighten_in_rounds(engine, spec: Spec, passes: list, alpha: AlphaConfig, deadline: float,
+                       case_bounds: torch.Tensor, root_bounds: list) -> None:
+    """Tighten the intermediate bounds of the unproved ``passes`` ``(members, C, d, box, bounds,
+    lb)`` and bound their cases again, in rounds of 4, 8, 16, 32 Adam steps; a pass goes on to the
+    next round only while it is unproved and improving. ``TIGHTEN_SHARE`` of the time left is
+    split evenly over the passes still waiting in a round."""
+    budget_left = TIGHTEN_SHARE * (deadline - time.monotonic())
+    for rnd in range(TIGHTEN_ROUNDS):  # a round that ends early leaves time for a longer one
+        improving = []
+        for i, (members, C, d, box, bounds, lb) in enumerate(passes):
+            now = time.monotonic()
+            if now >= deadline or budget_left <= 0:
+                break
+            share = budget_left / (len(passes) - i)
+            bounds = tighten_intermediates(engine, box, bounds, iterations=4 * 2 ** rnd,
+                                           deadline=min(deadline, now + share))
+            again = torch.maximum(lb, optimize_rows(engine, C, box, bounds, alpha, offset=d,
+                                                    deadline=deadline).detach())
+            _record(spec, members, again, bounds, case_bounds, root_bounds)
+            budget_left -= time.monotonic() - now
+            if not _all_proved(again, members, spec.n_rows) and bool((again - lb > TIGHTEN_PROGRESS).any()):
+                improving.append((members, C, d, box, bounds, again))
+        passes = improving
+        if not passes or budget_left <= 0 or time.monotonic() >= deadline:
+            return
 
 
 def _record(spec: Spec, members: list[torch.Tensor], lb: torch.Tensor, bounds, case_bounds: torch.Tensor,
