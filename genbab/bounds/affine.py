@@ -22,6 +22,17 @@ INCREASING = frozenset({
     "Expand", "Tile", "Identity", "Dropout", "Upsample", "Resize", "Where", "Cast", "Add", "Sum",
     "ReduceSum", "ReduceMean", "AveragePool", "GlobalAveragePool", "Pad",
 })
+# Ops in INCREASING only for some attribute values: interpolation is a positive combination of
+# inputs in nearest and (bi/tri)linear modes, but cubic weights are negative at the ends (still
+# linear, so the general Jacobian rule serves it).
+INCREASING_WHEN = {
+    "Resize": lambda attrs: _text(attrs.get("mode", "nearest")) in ("nearest", "linear"),
+    "Upsample": lambda attrs: _text(attrs.get("mode", "nearest")) in ("nearest", "linear", "bilinear"),
+}
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class AffineMap:
@@ -338,7 +349,7 @@ def _clone(module: torch.nn.Module) -> torch.nn.Module:
 
 def monotone_signs(node: Node) -> list[int] | None:
     """+1/-1 per input when the node is increasing/decreasing in it, None when not monotone."""
-    if node.op_type in INCREASING:
+    if node.op_type in INCREASING and INCREASING_WHEN.get(node.op_type, lambda attrs: True)(node.attrs):
         return [1] * len(node.inputs)
     if node.op_type == "Neg":
         return [-1]

@@ -35,6 +35,16 @@ AFFINE_POSITIONS: dict[str, tuple[int, ...] | None] = {
 # Affine when exactly one input depends on x (the other is a constant factor).
 AFFINE_IF_ONE_DEPENDENT: dict[str, tuple[int, ...] | None] = {"Mul": None, "MatMul": None, "Div": (0,)}
 BILINEAR = {"Mul", "MatMul"}
+# ONNX element types a value may be cast to while the node stays affine (float to float is the
+# identity up to rounding); a cast to an integer or bool type is a step function.
+FLOAT_TYPES = frozenset({1, 10, 11, 16})  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
+# Affine only for some attribute values: (predicate on the ONNX attributes, why not otherwise).
+AFFINE_WHEN = {
+    "Cast": (lambda attrs: int(attrs.get("to", 1)) in FLOAT_TYPES,
+             "a cast to an integer or bool type is a step function"),
+    "BatchNormalization": (lambda attrs: not int(attrs.get("training_mode", 0)),
+                           "training mode normalises by the batch's own statistics"),
+}
 
 
 @dataclass(frozen=True)
@@ -64,6 +74,8 @@ def rule_for(node: Node) -> NodeRule:
     """The bound rule of ``node``; raises UnsupportedOpError when there is none."""
     positions = dependent_positions(node)
     op = node.op_type
+    if op in AFFINE_WHEN and positions and not AFFINE_WHEN[op][0](node.attrs):
+        raise UnsupportedOpError(f"no bound rule for {op} node {node.onnx_name or node.name!r}: {AFFINE_WHEN[op][1]}")
     if op in AFFINE_POSITIONS:
         allowed = AFFINE_POSITIONS[op]
         if allowed is None or all(p in allowed for p in positions):
