@@ -70,6 +70,8 @@ def verify(model: Model | str | Path, spec: Spec | str | Path, timeout: float = 
     if witness is not None:
         return Result("sat", witness, time.monotonic() - start, stats)
     open_cases = torch.arange(spec.n_cases)
+    if bounds and not translation_agrees(model, spec, seed, stats):
+        bounds = False  # no proof about a graph that is not the model; the attack goes on
     if bounds:
         open_cases, root_bounds = run_bounds(model, spec, deadline, alpha, stats, progress)
         if len(open_cases) and bab and "error" not in stats["bounds"]:
@@ -90,6 +92,29 @@ def verify(model: Model | str | Path, spec: Spec | str | Path, timeout: float = 
 
 
 DOMAIN_ATTACK_STEPS = 10  # PGD steps from each bound minimiser of a worst domain
+
+
+def translation_agrees(model: Model, spec: Spec, seed: int, stats: dict) -> bool:
+    """Run :func:`~genbab.translation_check.check_translation` on the bound engine's graph and
+    record it under ``stats["translation_check"]``; False means no proof may be reported."""
+    from genbab.bounds import engine_for
+    from genbab.translation_check import check_translation
+
+    try:
+        graph = engine_for(model).graph
+    except UnsupportedOpError as err:  # no bounds at all: run_bounds reports it
+        stats["translation_check"] = {"ok": None, "reason": f"not checked: {err}"}
+        return True
+    try:
+        report = check_translation(model, graph, spec.lower, spec.upper, seed)
+    except Exception as err:  # onnxruntime or the graph cannot run a sample: trust neither
+        stats["translation_check"] = {"ok": False, "points": 0, "worst": None,
+                                      "reason": f"the check could not run ({type(err).__name__}: {err})"}
+        return False
+    stats["translation_check"] = report.to_json()
+    if not report.ok:
+        stats["no_proof_reason"] = "the translated graph disagrees with onnxruntime: " + report.reason
+    return report.ok
 
 
 def first_attack_budget(timeout: float) -> float:
