@@ -79,7 +79,7 @@ def test_nested_or_and():
     spec = parse_vnnlib_text(text)
     assert_spec(spec, [[0]] * 3, [[1]] * 3,
                 [[[1, 0], [0, -1]], [[1, 0], [0, 1]], [[1, 0], [0, 0]]],
-                [[1, -2], [1, -2], [-5, 0]])
+                [[1, -2], [1, -2], [-5, 1]])  # the short case is padded with 0 . y <= 1
 
 
 def test_and_of_ors_multiplies_out_in_order():
@@ -102,7 +102,7 @@ def test_or_inside_and_inside_or():
     spec = parse_vnnlib_text(text)
     assert torch.equal(spec.C, t([[[1], [1]], [[1], [1]], [[1], [0]]]))
     # Within a case, the constraints shared by the disjuncts of an ``and`` come first.
-    assert torch.equal(spec.d, t([[3, 1], [3, 2], [4, 0]]))
+    assert torch.equal(spec.d, t([[3, 1], [3, 2], [4, 1]]))  # padding row: 0 . y <= 1
 
 
 def test_assert_after_or_applies_to_every_case():
@@ -123,7 +123,7 @@ def test_input_disjunction_gives_one_box_per_case():
     (assert (or (and (>= X_0 0) (<= X_0 1) (>= X_1 0) (<= X_1 1) (>= Y_0 5))
                 (and (>= X_0 2) (<= X_0 3) (>= X_1 -1) (<= X_1 0))))"""
     spec = parse_vnnlib_text(text)
-    assert_spec(spec, [[0, 0], [2, -1]], [[1, 1], [3, 0]], [[[-1]], [[0]]], [[-5], [0]])
+    assert_spec(spec, [[0, 0], [2, -1]], [[1, 1], [3, 0]], [[[-1]], [[0]]], [[-5], [1]])  # padding: 0 . y <= 1
 
 
 def test_equality_strict_and_linear_terms():
@@ -209,7 +209,7 @@ def test_duplicate_rows_are_dropped():
 
 def test_no_output_constraint_gives_zero_row():
     spec = parse_vnnlib_text(decls(1, 2) + box([(0, 1)]))
-    assert_spec(spec, [[0]], [[1]], [[[0, 0]]], [[0]])
+    assert_spec(spec, [[0]], [[1]], [[[0, 0]]], [[1]])  # no constraint: the padding row 0 . y <= 1
 
 
 def test_empty_box_and_false_cases_are_dropped():
@@ -234,7 +234,7 @@ def test_unbounded_variable_in_an_empty_case_is_fine():
     text = decls(2, 1) + """
     (assert (>= X_0 0)) (assert (<= X_0 1))
     (assert (or (and (>= X_1 0) (<= X_1 1)) (and (>= X_0 5) (<= X_1 1))))"""
-    assert_spec(parse_vnnlib_text(text), [[0, 0]], [[1, 1]], [[[0]]], [[0]])
+    assert_spec(parse_vnnlib_text(text), [[0, 0]], [[1, 1]], [[[0]]], [[1]])
 
 
 def test_deep_nesting_does_not_recurse():

@@ -5,8 +5,10 @@ case ``i`` is the set of inputs ``x`` with ``lower[i] <= x <= upper[i]`` (elemen
 flattened input) whose output ``y = f(x)`` (flattened) satisfies every row of ``C[i] y <= d[i]``.
 The property is *violated* (``sat``) iff some case has such an ``x``.
 
-Cases have different numbers of rows; they are padded to the largest count with zero rows
-(``0 . y <= 0``), which every output satisfies, so padding never changes the set.
+Cases have different numbers of rows; they are padded to the largest count with rows
+``0 . y <= 1``, which every output satisfies with margin ``-1 < 0``, so padding never changes
+the set nor keeps a witness of a short case from counting (a ``0 . y <= 0`` row would hold a
+case's margin at 0, never strictly negative).
 """
 
 from __future__ import annotations

@@ -730,9 +730,12 @@ def _case_rows(t: _Tables, common_rows: np.ndarray, case_of: np.ndarray, atoms: 
 
 
 def _row_matrix(row_ids: dict[tuple, int], n_outputs: int) -> tuple[np.ndarray, np.ndarray]:
-    """Dense ``[n_rows + 1, n_outputs]`` rows and right-hand sides; the last row is zero."""
+    """Dense ``[n_rows + 1, n_outputs]`` rows and right-hand sides; the last row, the padding of
+    short cases, is ``0 . y <= 1``: true of every output with a strictly negative margin, so a
+    case with fewer rows (or none: ``(assert (and))``) can still be witnessed."""
     mat = np.zeros((len(row_ids) + 1, n_outputs))
     rhs = np.zeros(len(row_ids) + 1)
+    rhs[-1] = 1.0
     for (coefs, r), rid in row_ids.items():
         for j, c in coefs:
             mat[rid, j] = c

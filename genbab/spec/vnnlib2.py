@@ -227,11 +227,12 @@ def to_case(conj: list[Atom], n_in: int, n_out: int):
 
 
 def stack_cases(cases: list, n_in: int, n_out: int) -> tuple[Spec, Strictness]:
-    """Cases as padded tensors: rows beyond a case's own are ``0 . y <= 0`` (non-strict)."""
+    """Cases as padded tensors: rows beyond a case's own are ``0 . y <= 1``, which every output
+    satisfies strictly (so a short case, or one with no output constraint, can be witnessed)."""
     k = len(cases)
     width = max((len(c[4]) for c in cases), default=1) or 1
     C = torch.zeros(k, width, n_out, dtype=torch.float64)
-    d = torch.zeros(k, width, dtype=torch.float64)
+    d = torch.ones(k, width, dtype=torch.float64)
     strict_rows = torch.zeros(k, width, dtype=torch.bool)
     for i, case in enumerate(cases):
         for r, (row, bound, strict) in enumerate(case[4]):
