@@ -34,3 +34,14 @@ def test_short_case_is_witnessed(tmp_path: Path, output_part: str) -> None:
     assert result.witness.margin < 0
     x = np.asarray(result.witness.x, dtype=np.float64)
     assert np.all(x >= -1.0) and np.all(x <= 1.0)
+
+
+def test_an_input_numbering_gap_is_named(tmp_path: Path) -> None:
+    """``X_99999`` declared for a 2-input model: the error names the gap, not a missing bound."""
+    from genbab.errors import SpecError
+
+    spec_path = tmp_path / "gap.vnnlib"
+    spec_path.write_text(BOX.replace("(declare-const X_1 Real)\n", "(declare-const X_1 Real)\n(declare-const X_99999 Real)\n")
+                         + "(assert (<= Y_0 0.0))\n")
+    with pytest.raises(SpecError, match="X_99999 is declared but X_2 is not"):
+        genbab.load_spec(str(spec_path))

@@ -688,6 +688,10 @@ def _resolve_size(declared: set[int], given: int | None, kind: str, name: str) -
     if given is not None and given != n:
         what = "inputs" if kind == "X" else "outputs"
         raise SpecError(f"{name}: the property declares {n} {what} but {given} were expected")
+    if kind == "X" and len(declared) != n:  # an undeclared input would have no bounds
+        missing = min(set(range(n)) - declared)
+        raise SpecError(f"{name}: input variables must be numbered X_0 ... X_{n - 1} without gaps: X_{n - 1} is "
+                        f"declared but X_{missing} is not ({len(declared)} inputs declared)")
     return n
 
 
