@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
+from genbab.errors import ModelError
 from genbab.model.model import Model
 from genbab.spec.spec import Spec
 
@@ -53,7 +54,11 @@ class Replayer:
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         opts.intra_op_num_threads = 1
-        self.session = ort.InferenceSession(model.onnx_bytes, opts, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(model.onnx_bytes, opts, providers=["CPUExecutionProvider"])
+        except Exception as err:  # no replay means no witness can ever be confirmed: the model is unusable
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ModelError(f"{model.source or 'model'}: onnxruntime cannot load it ({first[:300]})") from None
         self.input_name = model.input_name
         self.input_shape = model.onnx_input_shape
         self.dtype = model.np_dtype

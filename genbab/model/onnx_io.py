@@ -36,6 +36,8 @@ class InputInfo:
 def read_bytes(path: str | Path) -> bytes:
     """File contents, gunzipped when the file starts with the gzip magic bytes."""
     path = Path(path)
+    if path.exists() and not path.is_file():  # a FIFO or device would block the read until the deadline
+        raise ModelError(f"{path}: not a regular file")
     try:
         data = path.read_bytes()
     except OSError as err:

@@ -803,6 +803,8 @@ def parse_vnnlib_text(text: str, n_inputs: int | None = None, n_outputs: int | N
 def _read_text(path: Path) -> str:
     """File contents as text, gunzipped when it starts with the gzip magic bytes."""
     name = path.name
+    if path.exists() and not path.is_file():  # a FIFO or device would block the read
+        raise SpecError(f"{name}: not a regular file")
     try:
         raw = path.read_bytes()
     except OSError as exc:

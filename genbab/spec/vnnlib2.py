@@ -65,6 +65,8 @@ class Query:
 
 def read_query_text(path: Path) -> str:
     """The query's text (gunzipped when it starts with the gzip magic bytes)."""
+    if Path(path).exists() and not Path(path).is_file():  # a FIFO or device would block the read
+        raise SpecError(f"{Path(path).name}: not a regular file")
     try:
         raw = Path(path).read_bytes()
         if raw[:2] == b"\x1f\x8b":
