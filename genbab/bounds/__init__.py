@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from genbab.bounds.alpha import AlphaConfig, optimize_rows
@@ -24,14 +26,27 @@ def engine_for(model) -> BoundEngine:
     return engine
 
 
+ROW_BUDGET_ELEMENTS = 2.5e7  # rows x batch x neurons per chunk: alpha-CROWN keeps ~10 such numbers each
+
+
+def rows_per_chunk(engine: BoundEngine, batch: int, budget: float = ROW_BUDGET_ELEMENTS) -> int:
+    """How many objective rows one pass bounds at once: ``budget / (batch * neurons)``, at least 1,
+    where ``neurons`` counts every value of the graph (the per-row parameters and coefficients of
+    alpha-CROWN scale with it)."""
+    neurons = sum(math.prod(shape) for shape in engine.shapes.values())
+    return max(1, int(budget // max(1, batch * neurons)))
+
+
 def compute_bounds(model, lower: torch.Tensor, upper: torch.Tensor, method: str = "alpha-crown",
-                   C: torch.Tensor | None = None, alpha: AlphaConfig = AlphaConfig(stop_when_positive=False)
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+                   C: torch.Tensor | None = None, alpha: AlphaConfig = AlphaConfig(stop_when_positive=False),
+                   row_chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Bounds ``(lb, ub)`` of ``C y`` over the boxes ``lower <= x <= upper``.
 
     ``lower``/``upper``: ``[batch, n_inputs]`` (flat) or ``[batch, *input_shape]``, or one box
     without the batch dimension. ``C``: ``[batch, S, n_outputs]`` or ``[S, n_outputs]``; None means
-    the identity (bounds on every output). Returns float64 tensors ``[batch, S]``.
+    the identity (bounds on every output). Returns float64 tensors ``[batch, S]``. Rows are
+    bounded ``row_chunk`` at a time (default :func:`rows_per_chunk`), so asking for thousands of
+    outputs costs time, not memory beyond the budget.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -53,11 +68,16 @@ def compute_bounds(model, lower: torch.Tensor, upper: torch.Tensor, method: str 
         lb = (both.clamp(min=0) @ lo + both.clamp(max=0) @ hi).squeeze(-1)
     else:
         bounds = engine.intermediate_bounds(box, "crown")
-        if method == "crown":
-            with torch.no_grad():
-                lb = engine.bound_rows(both, box, bounds)
-        else:
-            lb = optimize_rows(engine, both, box, bounds, alpha)
+        chunk = row_chunk or rows_per_chunk(engine, box.batch)
+        parts = []
+        for first in range(0, both.shape[1], chunk):
+            rows = both[:, first:first + chunk]
+            if method == "crown":
+                with torch.no_grad():
+                    parts.append(engine.bound_rows(rows, box, bounds))
+            else:
+                parts.append(optimize_rows(engine, rows, box, bounds, alpha).detach())
+        lb = torch.cat(parts, dim=1)
     return lb[:, :S].detach(), (-lb[:, S:]).detach()
 
 

@@ -59,11 +59,21 @@ class Model:
         return torch.device("cpu")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Outputs ``[batch, *output_shape]`` for inputs ``[batch, *input_shape]``."""
-        x = x.to(self.dtype)
+        """Outputs ``[batch, *output_shape]`` for inputs ``[batch, *input_shape]``; any input of
+        shape ``[batch, ...]`` holding ``n_inputs`` values per sample is read as that (so ``[batch, 6]``
+        serves an ONNX input ``[1, 6]``). Other shapes: a ValueError naming the expected one."""
+        x = self._batched_input(x).to(self.dtype)
         if self._use_vmap:
             return torch.func.vmap(self.graph.forward_one)(x)
         return torch.stack([self.graph.forward_one(xi) for xi in x])
+
+    def _batched_input(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[1:]) == tuple(self.input_shape):
+            return x
+        if x.dim() >= 2 and math.prod(x.shape[1:]) == self.n_inputs:
+            return x.reshape(x.shape[0], *self.input_shape)
+        raise ValueError(f"model input must be [batch, {', '.join(map(str, self.input_shape))}] "
+                         f"({self.n_inputs} values per sample), got {list(x.shape)}")
 
     def forward_flat(self, x: torch.Tensor) -> torch.Tensor:
         """Flattened I/O as VNN-LIB indexes it: ``[batch, n_inputs] -> [batch, n_outputs]``."""
