@@ -5,9 +5,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
+import onnxruntime as ort
 import torch
 
 import genbab
+from genbab.attack.pgd import Attacker
+from genbab.attack.witness import Replayer
 from genbab.bab.domains import root_domains, split
 from genbab.bab.loop import BabConfig, BranchAndBound
 from genbab.bounds import compute_bounds, engine_for
@@ -60,14 +64,45 @@ def test_bab_proves_what_alpha_crown_cannot() -> None:
     assert result.status == "unsat" and result.visited > 1
 
 
+def run_with_domain_attack(model: genbab.Model, floor: float, config: BabConfig, seconds: float):
+    """BaB on ``y2 >= floor`` over BOX with the domain attack wired in as :func:`genbab.api.run_bab` does."""
+    spec = genbab.Spec(BOX[0].reshape(1, -1), BOX[1].reshape(1, -1), C_Y2.reshape(1, 1, -1),
+                       torch.tensor([[floor]], dtype=torch.float64))
+    attacker = Attacker(model, spec, Replayer(model, spec))
+
+    def attack(x, lo, hi, until):
+        return attacker.descend(x, torch.zeros(len(x), dtype=torch.int64), lo, hi, until, 10)
+
+    bab = BranchAndBound(engine_for(model), spec.lower[0], spec.upper[0], spec.C[0], spec.d[0], config,
+                         attack=attack)
+    return bab.run(time.monotonic() + seconds)
+
+
+def assert_replayed_counterexample(model: genbab.Model, result, floor: float) -> None:
+    """``sat`` with a witness that lies in BOX and whose onnxruntime output has ``y2 - floor < 0``
+    (replayed here, independently of the library's own replay)."""
+    assert result.status == "sat", f"{result.status}: a counterexample exists"
+    assert result.witness is not None
+    x = np.asarray(result.witness.x)
+    assert x.shape == (2,)
+    assert np.all(x.astype(np.float64) >= BOX[0].numpy()) and np.all(x.astype(np.float64) <= BOX[1].numpy())
+    session = ort.InferenceSession(model.onnx_bytes, providers=["CPUExecutionProvider"])
+    y = session.run(None, {model.input_name: x.reshape(model.onnx_input_shape).astype(model.np_dtype)})[0]
+    margin = float(C_Y2[0].numpy() @ np.asarray(y, dtype=np.float64).reshape(-1)) - floor
+    assert margin < 0, f"witness does not violate: margin {margin}"
+    with torch.no_grad():  # the model's own forward agrees
+        y_torch = model.forward_flat(torch.from_numpy(x.astype(model.np_dtype)).reshape(1, -1))
+    assert float(y_torch[0, 2]) - floor < 0
+
+
 def test_bab_never_proves_a_violated_property() -> None:
-    """y2 >= floor with floor above the sampled minimum is false: BaB must not say unsat."""
+    """y2 >= floor with floor above the sampled minimum is false: BaB (neuron and input splits)
+    must answer ``sat`` with a witness that replays."""
     model = toy()
     floor = sampled_min_y2(model) + 0.01
     for input_split in (0, 32):
-        bab = BranchAndBound(engine_for(model), *BOX, C_Y2, torch.tensor([floor], dtype=torch.float64),
-                             BabConfig(input_split_max_dims=input_split))
-        assert bab.run(time.monotonic() + 5).status != "unsat"
+        result = run_with_domain_attack(model, floor, BabConfig(input_split_max_dims=input_split), 5)
+        assert_replayed_counterexample(model, result, floor)
 
 
 def test_neuron_splits_with_beta_prove_without_input_splits() -> None:
