@@ -14,7 +14,7 @@ from genbab.bab.clipping import clip_box
 from genbab.bab.loop import BabConfig, BranchAndBound
 from genbab.bounds import compute_bounds, engine_for
 from genbab.bounds.alpha import tighten_intermediates
-from tests.test_bab import BOX, C_Y2, sampled_min_y2, toy
+from tests.test_bab import BOX, C_Y2, assert_replayed_counterexample, run_with_domain_attack, sampled_min_y2, toy
 
 
 def test_clipping_keeps_every_counterexample_and_shrinks() -> None:
@@ -150,15 +150,19 @@ def test_bab_proves_half_the_gap_alpha_crown_leaves(config) -> None:
 @pytest.mark.parametrize("branching,points,input_dims", [
     ("bbps", "opt", 0), ("babsr", "uniform", 0), ("bbps", "uniform", 0), ("babsr", "opt", 32)])
 def test_bab_options_never_prove_a_false_property(branching, points, input_dims) -> None:
+    """A false property under every branching option: ``sat`` with a replayed witness."""
     model = toy()
     config = BabConfig(branching=branching, branching_points=points, input_split_max_dims=input_dims)
-    assert _bab(model, sampled_min_y2(model) + 0.01, config, 4) != "unsat"
+    floor = sampled_min_y2(model) + 0.01
+    assert_replayed_counterexample(model, run_with_domain_attack(model, floor, config, 5), floor)
 
 
 @pytest.mark.parametrize("config", INPUT_SPLIT_VARIANTS, ids=["lookahead", "widest-every-2"])
 def test_input_split_variants_never_prove_a_false_property(config) -> None:
+    """A false property under look-ahead / widest-dimension input splits: ``sat``, witness replayed."""
     model = toy()
-    assert _bab(model, sampled_min_y2(model) + 0.01, config, 4) != "unsat"
+    floor = sampled_min_y2(model) + 0.01
+    assert_replayed_counterexample(model, run_with_domain_attack(model, floor, config, 5), floor)
 
 
 def test_memory_budget_stops_the_search_with_unknown() -> None:
