@@ -90,7 +90,12 @@ def test_warm_values_are_projected_into_the_valid_set() -> None:
     alpha.project()
     for k, v in alpha.state().items():
         torch.testing.assert_close(v, before[k])
-    node = next(iter(bounds))
+    from genbab.bab.branching import consumers
+
+    hidden = sorted(n for n in engine.needs_bounds if n != engine.graph.input_name)
+    readers = consumers(engine, hidden)
+    node = next(n for n in hidden if any(engine.rules[r.name].kind == "elementwise" for r in readers[n]))
+    assert node != engine.graph.input_name  # an activation split, on a nonlinearity's input
     lo, hi = bounds[node]
     splits = {node: (torch.zeros_like(lo), torch.zeros_like(hi))}
     beta_warm = {f"beta/{node}/{s}": torch.randn(1, 2, *lo.shape[1:], generator=gen, dtype=torch.float64)
