@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -29,11 +28,10 @@ def children_area(op, lo, hi, p):
     return builder.relax_area(op, lo, p) + builder.relax_area(op, p, hi)
 
 
-def test_tables_load_fast_with_expected_grids():
+def test_tables_load_with_expected_grids():
+    """Every table loads with its grid; load time is measured by benchmarks/table_load_bench.py."""
     bp.clear_cache()
-    start = time.perf_counter()
     tables = bp.load_all()
-    assert time.perf_counter() - start < 1.0
     assert set(ONE_D + ["Log", "Sqrt", "Reciprocal", "Mul"]) <= set(tables)
     for key in ONE_D:
         t = tables[key]
