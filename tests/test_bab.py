@@ -101,7 +101,7 @@ def test_bab_never_proves_a_violated_property() -> None:
     model = toy()
     floor = sampled_min_y2(model) + 0.01
     for input_split in (0, 32):
-        result = run_with_domain_attack(model, floor, BabConfig(input_split_max_dims=input_split), 5)
+        result = run_with_domain_attack(model, floor, BabConfig(input_split_max_dims=input_split), 20)  # ends at the first witness
         assert_replayed_counterexample(model, result, floor)
 
 

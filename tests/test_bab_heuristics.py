@@ -162,7 +162,7 @@ def test_bab_options_never_prove_a_false_property(branching, points, input_dims)
     model = toy()
     config = BabConfig(branching=branching, branching_points=points, input_split_max_dims=input_dims)
     floor = sampled_min_y2(model) + 0.01
-    assert_replayed_counterexample(model, run_with_domain_attack(model, floor, config, 5), floor)
+    assert_replayed_counterexample(model, run_with_domain_attack(model, floor, config, 20), floor)
 
 
 @pytest.mark.parametrize("config", INPUT_SPLIT_VARIANTS, ids=["lookahead", "widest-every-2"])
@@ -170,7 +170,7 @@ def test_input_split_variants_never_prove_a_false_property(config) -> None:
     """A false property under look-ahead / widest-dimension input splits: ``sat``, witness replayed."""
     model = toy()
     floor = sampled_min_y2(model) + 0.01
-    assert_replayed_counterexample(model, run_with_domain_attack(model, floor, config, 5), floor)
+    assert_replayed_counterexample(model, run_with_domain_attack(model, floor, config, 20), floor)
 
 
 def test_memory_budget_stops_the_search_with_unknown() -> None:
