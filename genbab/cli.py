@@ -1,13 +1,17 @@
 """The ``genbab`` command line.
 
-Exit codes: 0 for any verdict (``sat``/``unsat``/``timeout``/``unknown``), 2 for a model or
-property that cannot be used (one line on stderr, no traceback), 1 for an internal error.
+Exit codes: 0 for any verdict (``sat``/``unsat``/``timeout``/``unknown``), 2 for a model,
+property, option or output path that cannot be used (one line on stderr, no traceback), 1 for an
+internal error, 130 after SIGINT and 143 after SIGTERM (the results file then says ``timeout``).
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import math
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -18,9 +22,78 @@ from genbab.errors import GenbabError
 
 
 _WORKERS: list = []  # the verify worker thread, checked at exit
+MAX_WAIT_S = 1e7  # a longer --timeout (inf, 1e12) means "no limit" but would overflow thread waits
+MAX_SEED = 2**63 - 1
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _OneLineGroup(click.Group):
+    """A click group whose errors are one ``error: ...`` line on stderr instead of a usage block."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as err:
+            click.echo(f"error: {err.format_message()}", err=True)
+            sys.exit(2)
+        except click.ClickException as err:
+            click.echo(f"error: {err.format_message()}", err=True)
+            sys.exit(err.exit_code)
+        except click.exceptions.Abort as err:
+            if isinstance(err.__cause__, KeyboardInterrupt):
+                click.echo("interrupted (SIGINT)", err=True)
+                sys.exit(130)
+            click.echo("error: aborted", err=True)
+            sys.exit(1)
+        except OSError as err:
+            if err.errno == errno.EPIPE:  # stdout closed early (| head): as click does, quietly
+                sys.stdout = click.utils.PacifyFlushWrapper(sys.stdout)
+                sys.exit(1)
+            raise
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+class _Seconds(click.FloatRange):
+    """A non-negative number of seconds; ``nan`` is refused, ``inf`` means no limit."""
+
+    name = "seconds"
+
+    def convert(self, value, param, ctx):
+        rv = super().convert(value, param, ctx)
+        if math.isnan(rv):
+            self.fail(f"{value!r} is not a number of seconds.", param, ctx)
+        return rv
+
+
+class _Terminated(BaseException):
+    """Raised in the main thread by the SIGTERM handler of ``verify``."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise _Terminated()
+
+
+def _check_writable(path: Path | None, option: str) -> None:
+    """Refuse an output path that cannot be written, before any work (exit 2, one line)."""
+    if path is None:
+        return
+    parent = path.parent
+    if path.is_dir():
+        problem = "is a directory"
+    elif not parent.exists():
+        problem = f"its directory {parent} does not exist"
+    elif not parent.is_dir():
+        problem = f"{parent} is not a directory"
+    elif not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        problem = "is not writable"
+    else:
+        return
+    click.echo(f"error: {option} {path}: {problem}", err=True)
+    sys.exit(2)
+
+
+@click.group(cls=_OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="genbab")
 def main() -> None:
     """genbab: verify neural networks with general nonlinearities (ONNX + VNN-LIB)."""
@@ -29,14 +102,14 @@ def main() -> None:
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--timeout", type=click.FloatRange(min=0), default=300.0, show_default=True,
-              help="Wall-clock budget in seconds, loading included.")
+@click.option("--timeout", type=_Seconds(min=0), default=300.0, show_default=True,
+              help="Wall-clock budget in seconds, loading included (inf: no limit).")
 @click.option("--results-file", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the VNN-COMP result file (verdict line, witness after sat).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write verdict, witness, timings and statistics as JSON.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random restarts.")
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True, help="Seed of the random restarts.")
 @click.option("--no-bab", is_flag=True, help="Attack, then alpha-CROWN on every disjunct; no branching.")
 @click.option("--no-bounds", is_flag=True, help="Attack only: never prove (answers sat or timeout).")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
@@ -52,6 +125,28 @@ def verify(model: Path, spec: Path, timeout: float, results_file: Path | None, j
            device: str, seed: int, no_bab: bool, no_bounds: bool, quiet: bool, branching: str,
            branching_points: str, kernels: str, threads: int) -> None:
     """Check MODEL (.onnx[.gz]) against the VNN-LIB property SPEC (.vnnlib[.gz])."""
+    _check_writable(results_file, "--results-file")
+    _check_writable(json_path, "--json")
+    timeout = min(timeout, MAX_WAIT_S)
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread (an embedding caller): keep its handler
+        previous = None
+    try:
+        _verify(model, spec, timeout, results_file, json_path, device, seed, no_bab, no_bounds, quiet, branching,
+                branching_points, kernels, threads)
+    except KeyboardInterrupt:
+        _stop(results_file, "interrupted (SIGINT)", 130)
+    except _Terminated:
+        _stop(results_file, "terminated (SIGTERM)", 143)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _verify(model: Path, spec: Path, timeout: float, results_file: Path | None, json_path: Path | None,
+            device: str, seed: int, no_bab: bool, no_bounds: bool, quiet: bool, branching: str,
+            branching_points: str, kernels: str, threads: int) -> None:
     from genbab.memory_tuning import tune_malloc
 
     tune_malloc()  # keep freed tensor memory in the heap (glibc only): page faults cost more than bounds
@@ -72,23 +167,31 @@ def verify(model: Path, spec: Path, timeout: float, results_file: Path | None, j
                              bab_config=bab_config)
     except GenbabError as err:
         _fail(results_file, f"error: {err}", 2)
-    except KeyboardInterrupt:
-        _fail(results_file, "interrupted", 130)
     except Exception as err:  # an internal error: say so plainly, trace only on request
         if os.environ.get("GENBAB_DEBUG"):
             traceback.print_exc()
         _fail(results_file, f"internal error: {type(err).__name__}: {err} (set GENBAB_DEBUG=1 for a traceback)", 1)
-    if results_file is not None:
-        results_file.write_text(result.results_file_text())
-    if json_path is not None:
-        json_path.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    write_errors = []
+    for path, text in ((results_file, lambda: result.results_file_text()),
+                       (json_path, lambda: json.dumps(result.to_json(), indent=2) + "\n")):
+        if path is not None:
+            try:
+                path.write_text(text())
+            except OSError as err:
+                write_errors.append(f"error: cannot write {path}: {err.strerror or err}")
     click.echo(f"{result.status}  ({result.time_s:.2f}s)")
-    if result.status == "sat" and result.witness is not None and results_file is None:
+    if result.status == "sat" and result.witness is not None and (results_file is None or write_errors):
         click.echo(result.witness.to_vnncomp())
+    code = 0
+    if write_errors:
+        click.echo(write_errors[0], err=True)  # one line, the verdict is on stdout
+        code = 2
     if _WORKERS and _WORKERS[-1].is_alive():
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(0)  # ends the worker thread still inside a long bound step
+        os._exit(code)  # ends the worker thread still inside a long bound step
+    if code:
+        sys.exit(code)
 
 
 def _run_verify(model: Path, spec: Path, timeout: float, device: str, seed: int, quiet: bool, bounds: bool,
@@ -125,7 +228,12 @@ def _run_verify(model: Path, spec: Path, timeout: float, device: str, seed: int,
         worker = threading.Thread(target=work, name="genbab-verify", daemon=True)
         _WORKERS.append(worker)
         worker.start()
-        worker.join(timeout + 1.0)
+        deadline = time.monotonic() + min(timeout, MAX_WAIT_S) + 1.0
+        while worker.is_alive():  # short waits: SIGINT/SIGTERM reach the main thread promptly
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            worker.join(min(0.2, remaining))
     if "error" in outcome:
         raise outcome["error"]
     if "result" in outcome:
@@ -141,6 +249,19 @@ def _fail(results_file: Path | None, message: str, code: int) -> None:
         except OSError:
             pass
     sys.exit(code)
+
+
+def _stop(results_file: Path | None, message: str, code: int) -> None:
+    """After a signal: the results file says ``timeout`` (unfinished), one line, and the process ends."""
+    if results_file is not None:
+        try:
+            results_file.write_text("timeout\n")
+        except OSError:
+            pass
+    click.echo(message, err=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # the worker thread may be inside torch code: a normal exit would abort
 
 
 from genbab.bench.command import bench as _bench_command  # noqa: E402  (light: the runner loads lazily)

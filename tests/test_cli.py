@@ -117,3 +117,87 @@ def test_real_gzipped_instance_answers_sat(tmp_path: Path) -> None:
                    str(folder / "vnnlib/index1561_delta0.13.vnnlib.gz"), "--timeout", "60", "--results-file", str(res))
     assert proc.returncode == 0, proc.stderr
     assert res.read_text().startswith("sat\n")
+
+
+def assert_one_line(proc) -> None:
+    """stderr is exactly one non-empty line and no traceback."""
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("option", ["--results-file", "--json"])
+@pytest.mark.parametrize("where", ["missing/out.txt", "file/out.txt", "."])
+def test_unwritable_output_path_exits_2_before_work(tmp_path: Path, option: str, where: str) -> None:
+    """An output path in a missing directory, under a regular file or naming a directory is refused first."""
+    (tmp_path / "file").write_text("")
+    proc = run_cli("verify", str(MODEL), str(SPECS / "toy_mlp_unsafe.vnnlib"), "--timeout", "10",
+                   option, str(tmp_path / where), timeout=30)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert_one_line(proc)
+    assert proc.stderr.startswith("error:") and option in proc.stderr
+
+
+@pytest.mark.parametrize("args", [["--timeout", "nan"], ["--timeout", "-1"], ["--seed", str(2**70)],
+                                  ["--seed", "-1"], ["--device", "tpu"], ["--bogus"]])
+def test_bad_option_values_are_one_line_usage_errors(args: list[str]) -> None:
+    """Bad option values exit 2 with one ``error:`` line instead of click's usage block."""
+    proc = run_cli("verify", str(MODEL), str(SPECS / "toy_mlp_unsafe.vnnlib"), *args, timeout=30)
+    assert proc.returncode == 2
+    assert_one_line(proc)
+    assert proc.stderr.startswith("error:")
+
+
+def test_missing_argument_is_one_line() -> None:
+    """A missing argument is one line, exit 2; --help and --version still exit 0."""
+    proc = run_cli("verify", str(MODEL), timeout=30)
+    assert proc.returncode == 2 and "SPEC" in proc.stderr
+    assert_one_line(proc)
+    assert run_cli("--version", timeout=30).returncode == 0
+    helped = run_cli("verify", "--help", timeout=30)
+    assert helped.returncode == 0 and "--timeout" in helped.stdout
+
+
+def test_infinite_timeout_means_no_limit(tmp_path: Path) -> None:
+    """``--timeout inf`` (or 1e12) runs to a verdict instead of overflowing a wait."""
+    for value in ("inf", "1e12"):
+        proc = run_cli("verify", str(MODEL), str(SPECS / "toy_mlp_unsafe.vnnlib"), "--timeout", value, "--quiet",
+                       timeout=60)
+        assert proc.returncode == 0 and proc.stdout.startswith("sat"), proc.stderr
+
+
+@pytest.mark.parametrize("sig, code, message", [("SIGINT", 130, "interrupted (SIGINT)"),
+                                                ("SIGTERM", 143, "terminated (SIGTERM)")])
+def test_signal_writes_timeout_and_exits_conventionally(tmp_path: Path, sig: str, code: int, message: str) -> None:
+    """SIGINT/SIGTERM mid-run: results file says timeout, one line on stderr, exit 130/143."""
+    import signal
+    import time
+
+    res = tmp_path / "r.txt"
+    env = {**os.environ, "GENBAB_DEBUG": ""}
+    proc = subprocess.Popen([sys.executable, "-m", "genbab.cli", "verify", str(MODEL),
+                             str(SPECS / "toy_mlp_robust.vnnlib"), "--no-bounds", "--timeout", "100",
+                             "--results-file", str(res)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    first = proc.stderr.readline()  # the first progress line: the (slow) imports are done, the attack runs
+    assert "attack" in first, first
+    time.sleep(1)
+    assert proc.poll() is None, "the attack-only run ended before the signal"
+    proc.send_signal(getattr(signal, sig))
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == code, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[-1] == message and "Traceback" not in err and "terminate called" not in err, err
+    assert res.read_text().splitlines()[0] == "timeout"
+
+
+@pytest.mark.parametrize("content", [None, "a.onnx,a.vnnlib\n", "a.onnx,a.vnnlib,soon\n"])
+def test_bench_bad_instance_list_exits_2(tmp_path: Path, content: str | None) -> None:
+    """A benchmark folder without instances.csv or with a malformed row exits 2 (1 means a wrong answer)."""
+    folder = tmp_path / "b"
+    folder.mkdir()
+    if content is not None:
+        (folder / "instances.csv").write_text(content)
+    proc = run_cli("bench", str(folder), "--out", str(tmp_path / "r.csv"), timeout=30)
+    assert proc.returncode == 2
+    assert_one_line(proc)
+    assert proc.stderr.startswith("error:")

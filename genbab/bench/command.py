@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import csv
 import sys
 from pathlib import Path
 
 import click
+
+
+class _BenchInputError(click.ClickException):
+    """A benchmark folder, category file or optional package that cannot be used: exit 2 (1 means a wrong answer)."""
+
+    exit_code = 2
 
 
 @click.command("bench")
@@ -45,17 +52,25 @@ def bench(bench_dirs: tuple[Path, ...], out: Path, timeout_scale: float, limit: 
     """
     from genbab.bench.categories import DEFAULT_TOML
     from genbab.bench.errors import BenchError
+    from genbab.bench.instances import read_instances, read_reference
     from genbab.bench.runner import BenchConfig, run_bench
 
     if categories is not None and not categories.is_file():
         raise click.BadParameter(f"{categories} does not exist", param_hint="--categories")
+    for folder in bench_dirs:  # read the instance lists first: a bad one is exit 2, not 1 (wrong answer)
+        try:
+            read_instances(folder)
+            read_reference(folder)
+        except (OSError, ValueError, KeyError, csv.Error) as err:
+            message = str(err) if not isinstance(err, KeyError) else f"missing column {err}"
+            raise _BenchInputError(f"{folder}: {message}" if str(folder) not in message else message) from None
     config = BenchConfig(out=out, timeout_scale=timeout_scale, limit=limit, workers=workers, grace=grace,
                          device=device, categories=categories or DEFAULT_TOML, ray=ray_address,
                          task_cpus=task_cpus, task_gpus=task_gpus, plot=plot)
     try:
         report = run_bench(list(bench_dirs), config)
     except BenchError as err:
-        raise click.ClickException(str(err)) from None
+        raise _BenchInputError(str(err)) from None
     except KeyboardInterrupt:
         click.echo(f"interrupted; run the same command again to resume from {out}", err=True)
         sys.exit(130)
