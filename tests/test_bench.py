@@ -156,7 +156,7 @@ def test_cli_bench_limit_and_bad_folder(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert [r[1] for r in read_csv(out)] == ["a.onnx"] and "results:" in result.output
     result = CliRunner().invoke(main, ["bench", str(tmp_path), "--out", str(out)])
-    assert result.exit_code == 1 and "no instances.csv" in result.output
+    assert result.exit_code == 2 and "no instances.csv" in result.output
 
 
 def test_replay_accepts_genuine_witnesses_and_rejects_tampered_ones() -> None:
