@@ -46,7 +46,7 @@ def concretize_lower(A: torch.Tensor, bias: torch.Tensor, box: Box) -> torch.Ten
     upper = box.upper.reshape(box.upper.shape[0], -1, 1).to(A.dtype)
     if kernel_backend.use_triton(A):
         value = kernel_backend.concretize_lower(A, bias, box.lower, box.upper)
-        magnitude = torch.bmm(A_flat.abs(), _magnitude(lower, upper)).squeeze(-1)
+        magnitude = torch.bmm(A_flat.abs(), _magnitude(lower, upper).expand(A_flat.shape[0], -1, -1)).squeeze(-1)
         return value - rounding_allowance(magnitude, bias, A_flat.shape[-1])
     center = box.center.reshape(box.batch, -1, 1).to(A.dtype)
     radius = box.radius.reshape(box.batch, -1, 1).to(A.dtype)
