@@ -39,7 +39,6 @@ def timeit(fn, device: torch.device, repeats: int = 10) -> float:
 
 def cases(B: int, S: int, n: int, device: torch.device):
     """``(name, torch_fn, triton_fn or None)`` for one batch size."""
-    from genbab.bounds import kernel_backend
     from genbab.bounds.box import Box, concretize_lower
     from genbab.bounds.nonlinear import elementwise_backward
     from genbab.ops import OP_RELAXATIONS
@@ -51,15 +50,10 @@ def cases(B: int, S: int, n: int, device: torch.device):
     lines = OP_RELAXATIONS["Sigmoid"].relax(lo.unsqueeze(1), up.unsqueeze(1))
     gpu = device.type == "cuda"
 
-    def run(backend, fn):
-        def call():
-            kernel_backend.set_backend(backend)
-            return fn()
-        return call
-    out = [("concretize", run("torch", lambda: concretize_lower(A, b, Box(lo, up))),
-            run("triton", lambda: concretize_lower(A, b, Box(lo, up))) if gpu else None),
-           ("backward", run("torch", lambda: elementwise_backward(A, lines)),
-            run("triton", lambda: elementwise_backward(A, lines)) if gpu else None)]
+    out = [("concretize", lambda: concretize_lower(A, b, Box(lo, up), "torch"),
+            (lambda: concretize_lower(A, b, Box(lo, up), "triton")) if gpu else None),
+           ("backward", lambda: elementwise_backward(A, lines, "torch"),
+            (lambda: elementwise_backward(A, lines, "triton")) if gpu else None)]
     l32, u32 = lo.float(), up.float()
     for op in ("Sigmoid", "Tanh", "Sin", "Gelu"):
         from genbab.kernels.relax import relax_reference

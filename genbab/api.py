@@ -42,15 +42,24 @@ ProgressCallback = Callable[[str, "AttackStats | BabProgress", float], None]
 
 
 def verify(model: Model | str | Path, spec: Spec | str | Path, timeout: float = 300.0, *, seed: int = 0,
-           device: str = "cpu", attack: AttackConfig = AttackConfig(), bounds: bool = True, bab: bool = True,
-           alpha: AlphaConfig = AlphaConfig(), bab_config: BabConfig = BabConfig(),
-           progress: ProgressCallback | None = None) -> Result:
+           device: str | torch.device = "auto", kernels: str = "auto", attack: AttackConfig = AttackConfig(),
+           bounds: bool = True, bab: bool = True, alpha: AlphaConfig = AlphaConfig(),
+           bab_config: BabConfig = BabConfig(), progress: ProgressCallback | None = None) -> Result:
     """Decide whether ``model`` violates ``spec`` within ``timeout`` seconds (loading included).
 
     Phases: a short attack; alpha-CROWN on every case (``bounds=False`` skips it); branch and
     bound on the cases left (``bab=False`` skips it), keeping a tenth of the remaining time;
     then the attack again on the cases still open, until a witness or the deadline.
+
+    ``device`` (``auto``: CUDA when available, ``cpu``, ``cuda``) holds the model, the attacks,
+    the bound engine and the branch-and-bound domains; ``kernels`` (``auto``: Triton on CUDA,
+    ``triton``, ``torch``) picks the bound kernels (:class:`~genbab.bounds.config.EngineConfig`).
+    Impossible choices raise :class:`~genbab.errors.GenbabError` before any work.
     """
+    from genbab.bounds.config import EngineConfig
+
+    engine_config = EngineConfig.resolve(device, kernels)
+    device = engine_config.device
     start = time.monotonic()
     deadline = start + timeout
     model = load_model(model) if isinstance(model, (str, Path)) else model
@@ -70,14 +79,14 @@ def verify(model: Model | str | Path, spec: Spec | str | Path, timeout: float = 
     if witness is not None:
         return Result("sat", witness, time.monotonic() - start, stats)
     open_cases = torch.arange(spec.n_cases)
-    if bounds and not translation_agrees(model, spec, seed, stats):
+    if bounds and not translation_agrees(model, spec, seed, stats, engine_config):
         bounds = False  # no proof about a graph that is not the model; the attack goes on
     if bounds:
-        open_cases, root_bounds = run_bounds(model, spec, deadline, alpha, stats, progress)
+        open_cases, root_bounds = run_bounds(model, spec, deadline, alpha, stats, progress, engine_config)
         if len(open_cases) and bab and "error" not in stats["bounds"]:
             reserve = max(1.0, 0.1 * (deadline - time.monotonic()))
             open_cases, witness = run_bab(model, spec, open_cases, deadline - reserve, bab_config, stats, progress,
-                                          root_bounds, attack)
+                                          root_bounds, attack, engine_config)
             if witness is not None:
                 return Result("sat", witness, time.monotonic() - start, stats)
         if len(open_cases) == 0:
@@ -94,14 +103,14 @@ def verify(model: Model | str | Path, spec: Spec | str | Path, timeout: float = 
 DOMAIN_ATTACK_STEPS = 10  # PGD steps from each bound minimiser of a worst domain
 
 
-def translation_agrees(model: Model, spec: Spec, seed: int, stats: dict) -> bool:
+def translation_agrees(model: Model, spec: Spec, seed: int, stats: dict, engine_config=None) -> bool:
     """Run :func:`~genbab.translation_check.check_translation` on the bound engine's graph and
     record it under ``stats["translation_check"]``; False means no proof may be reported."""
     from genbab.bounds import engine_for
     from genbab.translation_check import check_translation
 
     try:
-        graph = engine_for(model).graph
+        graph = engine_for(model, engine_config).graph
     except UnsupportedOpError as err:  # no bounds at all: run_bounds reports it
         stats["translation_check"] = {"ok": None, "reason": f"not checked: {err}"}
         return True
@@ -124,13 +133,15 @@ def first_attack_budget(timeout: float) -> float:
 
 
 def run_bounds(model: Model, spec: Spec, deadline: float, alpha: AlphaConfig, stats: dict,
-               progress: ProgressCallback | None) -> tuple[torch.Tensor, list | None]:
+               progress: ProgressCallback | None, engine_config=None) -> tuple[torch.Tensor, list | None]:
     """alpha-CROWN on every case; returns the indices of the cases it did not prove and, per case,
     the intermediate bounds of its box (branch and bound starts from them)."""
     if progress is not None:
         progress("bounds", AttackStats(), deadline - time.monotonic())
     try:
-        report = prove_cases(model, spec, deadline, alpha)
+        from genbab.bounds import engine_for
+
+        report = prove_cases(model, spec, deadline, alpha, engine=engine_for(model, engine_config))
     except UnsupportedOpError as err:
         stats["bounds"] = {"error": str(err)}
         return torch.arange(spec.n_cases), None
@@ -146,21 +157,22 @@ def run_bounds(model: Model, spec: Spec, deadline: float, alpha: AlphaConfig, st
 
 def run_bab(model: Model, spec: Spec, open_cases: torch.Tensor, deadline: float, config: BabConfig, stats: dict,
             progress: ProgressCallback | None, root_bounds: list | None = None,
-            attack: AttackConfig = AttackConfig()) -> tuple[torch.Tensor, Witness | None]:
+            attack: AttackConfig = AttackConfig(), engine_config=None) -> tuple[torch.Tensor, Witness | None]:
     """Branch and bound on each open case in turn; returns the cases still open (stops at the
     first case it cannot prove: the property can then no longer be proved) and the witness a
     domain attack confirmed, if any."""
     from genbab.bab.loop import BranchAndBound
     from genbab.bounds import engine_for
 
-    reports, remaining, witness = [], open_cases.tolist(), None
-    engine = engine_for(model)
-    attacker = Attacker(model, spec, Replayer(model, spec), attack)
+    reports, remaining, witness, started = [], open_cases.tolist(), None, time.monotonic()
+    engine = engine_for(model, engine_config)
+    attacker = Attacker(model, spec, Replayer(model, spec), attack, device=engine.device)
     while remaining and time.monotonic() < deadline:
         case = remaining[0]
 
         def domain_attack(x, lo, hi, until, case=case):
-            return attacker.descend(x, torch.full((len(x),), case), lo, hi, until, DOMAIN_ATTACK_STEPS)
+            return attacker.descend(x, torch.full((len(x),), case, device=x.device), lo, hi, until,
+                                    DOMAIN_ATTACK_STEPS)
 
         def on_progress(result, case=case):
             if progress is not None:
@@ -183,6 +195,7 @@ def run_bab(model: Model, spec: Spec, open_cases: torch.Tensor, deadline: float,
             break
         remaining.pop(0)
     stats["bab"] = {"cases": reports, "proved_cases": sum(r["status"] == "unsat" for r in reports),
+                    "time_s": round(time.monotonic() - started, 3), "visited": sum(r.get("visited", 0) for r in reports),
                     "domain_attack": {"steps": attacker.stats.steps, "replays": attacker.replayer.replays}}
     return torch.tensor(remaining, dtype=torch.int64), witness
 

@@ -103,12 +103,13 @@ def main() -> None:
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--timeout", type=_Seconds(min=0), default=300.0, show_default=True,
-              help="Wall-clock budget in seconds, loading included (inf: no limit).")
+              help="Wall-clock budget in seconds from process start, start-up and loading included (inf: no limit).")
 @click.option("--results-file", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the VNN-COMP result file (verdict line, witness after sat).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write verdict, witness, timings and statistics as JSON.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where the model, attacks, bounds and branch and bound run (auto: CUDA when available).")
 @click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True, help="Seed of the random restarts.")
 @click.option("--no-bab", is_flag=True, help="Attack, then alpha-CROWN on every disjunct; no branching.")
 @click.option("--no-bounds", is_flag=True, help="Attack only: never prove (answers sat or timeout).")
@@ -118,7 +119,7 @@ def main() -> None:
 @click.option("--branching-points", type=click.Choice(["opt", "uniform"]), default="opt", show_default=True,
               help="Split points of smooth ops: pre-optimised lookup tables or midpoints.")
 @click.option("--kernels", type=click.Choice(["auto", "triton", "torch"]), default="auto", show_default=True,
-              help="Bound kernels: Triton on CUDA devices (auto), or force one path.")
+              help="Bound kernels: Triton on CUDA (auto), or force one path; triton on the CPU needs TRITON_INTERPRET=1.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="CPU threads for tensor work (small bound steps run faster on one).")
 def verify(model: Path, spec: Path, timeout: float, results_file: Path | None, json_path: Path | None,
@@ -153,18 +154,17 @@ def _verify(model: Path, spec: Path, timeout: float, results_file: Path | None, 
     import torch
 
     from genbab.bab.loop import BabConfig
-    from genbab.bounds.kernel_backend import backend_for, set_backend
+    from genbab.bounds.config import EngineConfig
 
     torch.set_num_threads(threads)
-    try:
-        set_backend(kernels)
-        backend_for(device)  # refuses triton on a device it cannot serve, before any work
-    except (RuntimeError, ValueError) as err:  # e.g. --kernels triton without triton
+    try:  # refuses cuda without CUDA, triton without triton or on a device it cannot serve, before any work
+        EngineConfig.resolve(device, kernels)
+    except GenbabError as err:
         _fail(results_file, f"error: {err}", 2)
     bab_config = BabConfig(branching=branching, branching_points=branching_points)
     try:
         result = _run_verify(model, spec, timeout, device, seed, quiet, bounds=not no_bounds, bab=not no_bab,
-                             bab_config=bab_config)
+                             bab_config=bab_config, kernels=kernels)
     except GenbabError as err:
         _fail(results_file, f"error: {err}", 2)
     except Exception as err:  # an internal error: say so plainly, trace only on request
@@ -195,7 +195,7 @@ def _verify(model: Path, spec: Path, timeout: float, results_file: Path | None, 
 
 
 def _run_verify(model: Path, spec: Path, timeout: float, device: str, seed: int, quiet: bool, bounds: bool,
-                bab: bool, bab_config):
+                bab: bool, bab_config, kernels: str = "auto"):
     """Run :func:`genbab.api.verify` in a worker thread; answer ``timeout`` at the deadline.
 
     The library checks its deadline between steps, but one step (an alpha iteration on a big
@@ -209,18 +209,15 @@ def _run_verify(model: Path, spec: Path, timeout: float, device: str, seed: int,
     from genbab.progress import ProgressReporter
     from genbab.result import Result
 
-    if device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise GenbabError("--device cuda was asked for, but no CUDA device is available")
     start = time.monotonic()
+    startup = process_age()  # VNN-COMP times the whole process: its deadline starts at exec, not here
+    timeout = max(0.0, timeout - startup)
     outcome: dict = {}
 
     def work() -> None:
         try:
-            outcome["result"] = api_verify(model, spec, timeout=timeout, seed=seed, device=device, bounds=bounds,
-                                           bab=bab, bab_config=bab_config, progress=reporter)
+            outcome["result"] = api_verify(model, spec, timeout=timeout, seed=seed, device=device, kernels=kernels,
+                                           bounds=bounds, bab=bab, bab_config=bab_config, progress=reporter)
         except BaseException as err:  # handed to the main thread
             outcome["error"] = err
 
@@ -237,8 +234,58 @@ def _run_verify(model: Path, spec: Path, timeout: float, device: str, seed: int,
     if "error" in outcome:
         raise outcome["error"]
     if "result" in outcome:
+        outcome["result"].stats["startup_s"] = round(startup, 3)
         return outcome["result"]
-    return Result("timeout", None, time.monotonic() - start, {"stopped_by": "the command line's deadline"})
+    return Result("timeout", None, time.monotonic() - start, {"stopped_by": "the command line's deadline",
+                                                             "startup_s": round(startup, 3)})
+
+
+def process_age() -> float:
+    """Seconds since this process was started (Linux ``/proc``, 10 ms resolution; 0.0 elsewhere)."""
+    try:
+        with open("/proc/self/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()  # after "pid (comm)": field 3 onwards
+        with open("/proc/uptime") as fh:
+            uptime = float(fh.read().split()[0])
+        return max(0.0, uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"))  # field 22: start time
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+@main.command()
+@click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+def prepare(models: tuple[Path, ...]) -> None:
+    """Translate MODELS (.onnx[.gz]) once and keep their folded graphs in the graph cache.
+
+    Later runs on the same model bytes then start without importing onnx or onnx2torch (see
+    ``genbab.model.cache``; ``GENBAB_CACHE_DIR`` chooses the folder, ``off`` disables it)."""
+    from genbab.model import cache
+    from genbab.model.files import read_bytes
+    from genbab.model.loading import load_model
+
+    folder = cache.cache_dir()
+    if folder is None:
+        click.echo("error: the graph cache is off (GENBAB_CACHE_DIR=off)", err=True)
+        sys.exit(2)
+    failed = False
+    for path in models:
+        try:
+            raw = read_bytes(path)
+            if cache.load(raw, str(path)) is None:
+                model = load_model(path, use_cache=False)
+                entry = cache.store(model, raw)
+            else:
+                entry = folder / f"{cache.cache_key(raw)}.pt"
+        except GenbabError as err:
+            click.echo(f"error: {err}", err=True)
+            failed = True
+            continue
+        if entry is None:
+            click.echo(f"{path}: loaded, not cached (its graph is not portable or {folder} is not writable)")
+        else:
+            click.echo(f"{path}: cached as {entry}")
+    if failed:
+        sys.exit(2)
 
 
 def _fail(results_file: Path | None, message: str, code: int) -> None:

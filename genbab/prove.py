@@ -43,7 +43,7 @@ TIGHTEN_PROGRESS = 1e-3  # a round must raise some row bound by this much for an
 
 
 def prove_cases(model: Model, spec: Spec, deadline: float, alpha: AlphaConfig = AlphaConfig(),
-                boxes_per_pass: int = 16, tighten: bool = True) -> ProofReport:
+                boxes_per_pass: int = 16, tighten: bool = True, engine=None) -> ProofReport:
     """Bound every case with alpha-CROWN; stop (leaving cases unproved) at the deadline.
 
     First every box gets CROWN intermediate bounds and alpha-CROWN (``boxes_per_pass`` boxes per
@@ -51,9 +51,11 @@ def prove_cases(model: Model, spec: Spec, deadline: float, alpha: AlphaConfig = 
     tightened by alpha-CROWN node by node (:func:`~genbab.bounds.alpha.tighten_intermediates`)
     and its cases bounded again (:func:`_tighten_in_rounds`: rounds of 4, 8, 16 and 32 steps
     while some row bound still rises, at most ``TIGHTEN_SHARE`` of the time left, shared evenly
-    by those boxes so that a property with 500 boxes does not spend it on the first)."""
+    by those boxes so that a property with 500 boxes does not spend it on the first).
+    ``engine``: the bound engine to use (default: :func:`~genbab.bounds.engine_for` ``(model)``,
+    CPU); the report's tensors are on the CPU, ``root_bounds`` on the engine's device."""
     start = time.monotonic()
-    engine = engine_for(model)
+    engine = engine_for(model) if engine is None else engine
     unique, inverse, _ = group_by_box(spec)
     case_bounds = torch.full((spec.n_cases,), -torch.inf, dtype=torch.float64)
     root_bounds: list = [None] * spec.n_cases
@@ -114,7 +116,8 @@ def _record(spec: Spec, members: list[torch.Tensor], lb: torch.Tensor, bounds, c
         for case in cases.tolist():
             root_bounds[case] = {k: (lo[g:g + 1], hi[g:g + 1]) for k, (lo, hi) in bounds.items()}
         per_case = lb[g, : len(cases) * spec.n_rows].reshape(len(cases), spec.n_rows)
-        case_bounds[cases] = torch.maximum(case_bounds[cases], per_case.amax(dim=1).to(torch.float64))
+        best = per_case.amax(dim=1).to(case_bounds.device, torch.float64)
+        case_bounds[cases] = torch.maximum(case_bounds[cases], best)
 
 
 def _all_proved(lb: torch.Tensor, members: list[torch.Tensor], n_rows: int) -> bool:

@@ -55,6 +55,18 @@ def sample_points(lower: torch.Tensor, upper: torch.Tensor, count: int, generato
     return torch.stack(points[:count])
 
 
+def _graph_device(graph) -> torch.device:
+    """Where the graph's constants live (a bound engine's graph may be on a GPU)."""
+    for node in graph.nodes:
+        for a in (*node.args, *node.kwargs.values()):
+            if isinstance(a, torch.Tensor):
+                return a.device
+        if isinstance(node.module, torch.nn.Module):
+            for t in node.module.parameters():
+                return t.device
+    return torch.device("cpu")
+
+
 def check_translation(model, graph, lower: torch.Tensor, upper: torch.Tensor, seed: int = 0) -> TranslationReport:
     """Compare ``graph`` (a per-sample :class:`~genbab.model.graph.Graph`, any dtype) with
     onnxruntime on ``model.onnx_bytes`` over the boxes ``lower``/``upper`` ``[n_boxes, n_inputs]``."""
@@ -65,6 +77,7 @@ def check_translation(model, graph, lower: torch.Tensor, upper: torch.Tensor, se
     generator = torch.Generator().manual_seed(seed)
     boxes = torch.unique(torch.stack([lower, upper], dim=1), dim=0)[:MAX_BOXES]
     start, points, worst = time.monotonic(), 0, 0.0
+    device = _graph_device(graph)
     for b, (lo, hi) in enumerate(boxes):
         for i, x in enumerate(sample_points(lo, hi, POINTS_PER_BOX, generator)):
             if points >= 3 and time.monotonic() - start > MAX_SECONDS:
@@ -73,8 +86,8 @@ def check_translation(model, graph, lower: torch.Tensor, upper: torch.Tensor, se
             y_o = np.asarray(session.run(None, {model.input_name: x_model.reshape(model.onnx_input_shape)})[0],
                              dtype=np.float64).reshape(-1)
             with torch.no_grad():
-                x_graph = torch.from_numpy(x_model.astype(np.float64)).to(graph.dtype)
-                y_t = graph.forward_one(x_graph.reshape(graph.input_shape)).double().reshape(-1).numpy()
+                x_graph = torch.from_numpy(x_model.astype(np.float64)).to(device, graph.dtype)
+                y_t = graph.forward_one(x_graph.reshape(graph.input_shape)).double().reshape(-1).cpu().numpy()
             points += 1
             if not (np.isfinite(y_o).all() and np.isfinite(y_t).all()):
                 if np.array_equal(np.isnan(y_o), np.isnan(y_t)) and np.array_equal(y_o[~np.isfinite(y_o)],

@@ -27,7 +27,10 @@ only decide tightness. ``REFINE`` is 0 for S-shaped ops (as the PyTorch path, re
 rounding) and 40 for Sin, Cos and GeLU (the PyTorch path refines chord biases three times by
 tangent crossings: the kernel is as tight or tighter).
 
-No backward: callers use the PyTorch path when gradients of the tangent points are needed.
+:func:`relax` is the differentiable entry point: kernel forward; backward the gradient of the
+PyTorch relaxation (:func:`relax_reference`, recomputed on the saved inputs) with respect to
+``l``, ``u`` and the tangent points. The two forwards agree to float tolerance (the kernel's
+lines may be slightly tighter), so alpha-CROWN steps match the torch backend's to that tolerance.
 """
 
 from __future__ import annotations
@@ -579,3 +582,49 @@ def relax_reference(op_name: str, l: torch.Tensor, u: torch.Tensor, params=None,
         return trig.relax_trig(trig.SIN if op_name == "Sin" else trig.COS, l, u, params)
     op = {"Sigmoid": s_shaped.SIGMOID, "Tanh": s_shaped.TANH, "Erf": s_shaped.ERF}[op_name]
     return s_shaped.s_relax(op, l, u, params)
+
+
+PARAM_NAMES = ("tangent_lower", "tangent_upper")
+
+
+class _Relax(torch.autograd.Function):
+    """Kernel forward; backward by autograd through :func:`relax_reference` at the same inputs."""
+
+    @staticmethod
+    def forward(ctx, op_name, approximate, l, u, p_lo, p_up):
+        ctx.op_name, ctx.approximate = op_name, approximate
+        ctx.save_for_backward(l, u, p_lo, p_up)
+        params = {k: v for k, v in zip(PARAM_NAMES, (p_lo, p_up)) if v is not None}
+        r = relax_triton(op_name, l, u, params or None, approximate)
+        return r.slope_lower, r.bias_lower, r.slope_upper, r.bias_upper
+
+    @staticmethod
+    def backward(ctx, *grads):
+        saved = ctx.saved_tensors
+        need = ctx.needs_input_grad[2:]
+        with torch.enable_grad():
+            inputs = [None if t is None else (t.detach().requires_grad_(True) if n else t.detach())
+                      for t, n in zip(saved, need)]
+            params = {k: v for k, v in zip(PARAM_NAMES, inputs[2:]) if v is not None}
+            r = relax_reference(ctx.op_name, inputs[0], inputs[1], params or None, ctx.approximate)
+            outs = (r.slope_lower, r.bias_lower, r.slope_upper, r.bias_upper)
+            wanted = [t for t, n in zip(inputs, need) if n]
+            pairs = [(o, g) for o, g in zip(outs, grads) if o.requires_grad]
+            found = torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs],
+                                        allow_unused=True) if pairs and wanted else [None] * len(wanted)
+        found = iter(found)
+        out = [next(found) if n else None for n in need]
+        out = [None if g is None or t is None else g.sum_to_size(t.shape) for g, t in zip(out, saved)]
+        return (None, None, *out)
+
+
+def relax(op_name: str, l: torch.Tensor, u: torch.Tensor, params=None,
+          approximate: str = "none") -> Relaxation:
+    """:func:`relax_triton` with autograd for ``l``, ``u`` and the tangent points (see the
+    module docstring); without gradients needed, the kernel alone."""
+    params = params or {}
+    p_lo, p_up = (params.get(k) for k in PARAM_NAMES)
+    ts = [t for t in (l, u, p_lo, p_up) if t is not None]
+    if not (torch.is_grad_enabled() and any(t.requires_grad for t in ts)):
+        return relax_triton(op_name, l, u, params or None, approximate)
+    return Relaxation(*_Relax.apply(op_name, approximate, l, u, p_lo, p_up))

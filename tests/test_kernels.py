@@ -13,13 +13,16 @@ target sets it). Without it, and without CUDA, the module skips.
   ``genbab.ops`` relaxation, biases as tight up to tolerance, and sound by dense sampling
   (also on huge, degenerate and unbounded intervals), float32 and float64, with and without
   tangent-point parameters;
-- dispatch: ``set_backend`` / ``backend_for`` rules and whole bound computations agreeing
-  between the ``torch`` and ``triton`` backends.
+- dispatch: ``backend_for`` / ``EngineConfig.resolve`` rules and errors; an engine whose config
+  says ``triton`` launches the three kernels (counted) and bounds as the ``torch`` engine, which
+  launches none; the relaxation kernel's gradients equal the PyTorch relaxation's (float64);
+  a whole ``genbab.verify`` on the toy model with ``kernels="triton"`` (alpha-CROWN included).
 """
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +37,7 @@ if not INTERPRET and not torch.cuda.is_available():
 
 from genbab.bounds import kernel_backend  # noqa: E402
 from genbab.bounds.box import Box, concretize_lower  # noqa: E402
+from genbab.bounds.config import EngineConfig  # noqa: E402
 from genbab.bounds.nonlinear import elementwise_backward  # noqa: E402
 from genbab.kernels.concretize import concretize, concretize_reference, concretize_triton  # noqa: E402
 from genbab.kernels.elementwise_backward import (backward_reference, backward_triton,  # noqa: E402
@@ -56,13 +60,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def _restore_backend():
-    before = kernel_backend.get_backend()
-    yield
-    kernel_backend.set_backend(before)
 
 
 def gen(seed: int) -> torch.Generator:
@@ -98,7 +95,6 @@ def test_concretize_matches_reference_and_torch_path(B, S, shape, dtype):
     mag = (A.abs().reshape(B, S, -1) * m).sum(-1) + b.abs()
     tol = 4 * (A[0, 0].numel() + 2) * torch.finfo(dtype).eps * (mag.abs() + 1e-30)
     assert torch.all((k - ref).abs() <= tol)
-    kernel_backend.set_backend("torch")
     torch_path = concretize_lower(A, b, Box(lo, up))
     assert torch.all((k - torch_path).abs() <= tol)
     exact = exact64(A, b, lo, up)
@@ -138,7 +134,6 @@ def test_concretize_strided_inputs_and_gradients():
     A2, b2 = A.clone().requires_grad_(), b.clone().requires_grad_()
     w = torch.randn(1, 6, generator=gen(1), dtype=F64).to(DEV)
     (concretize(A1, b1, lo, up) * w).sum().backward()
-    kernel_backend.set_backend("torch")
     (concretize_lower(A2, b2, Box(lo, up)) * w).sum().backward()
     torch.testing.assert_close(A1.grad, A2.grad)
     torch.testing.assert_close(b1.grad, b2.grad)
@@ -316,36 +311,104 @@ def test_relaxation_kernel_unbounded_and_spec_broadcast(name, kw, forward):
 
 
 def test_dispatch_rules(monkeypatch):
-    with pytest.raises(ValueError):
-        kernel_backend.set_backend("cuda")
-    kernel_backend.set_backend("torch")
-    assert kernel_backend.backend_for("cpu") == "torch"
-    assert kernel_backend.backend_for("cuda") == "torch"
-    kernel_backend.set_backend("auto")
-    assert kernel_backend.backend_for("cpu") == "torch"
-    assert kernel_backend.backend_for("cuda") == "triton"
-    assert not kernel_backend.use_triton(torch.zeros(1))
-    kernel_backend.set_backend("triton")
-    assert kernel_backend.backend_for("cuda") == "triton"
+    """``backend_for(device, requested)``: auto is Triton on CUDA only; triton on the CPU needs the
+    interpreter; bad requests and impossible devices raise one-line GenbabErrors."""
+    from genbab.errors import GenbabError
+    with pytest.raises(GenbabError, match="one of"):
+        kernel_backend.backend_for("cpu", "cuda")
+    assert kernel_backend.backend_for("cpu", "torch") == "torch"
+    assert kernel_backend.backend_for("cuda", "torch") == "torch"
+    assert kernel_backend.backend_for("cpu", "auto") == "torch"
+    assert kernel_backend.backend_for("cuda", "auto") == "triton"
+    assert kernel_backend.backend_for("cuda", "triton") == "triton"
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert kernel_backend.backend_for("cpu") == "triton"
+    assert kernel_backend.backend_for("cpu", "triton") == "triton"
+    assert EngineConfig.resolve("cpu", "triton") == EngineConfig(torch.device("cpu"), F64, "triton")
+    assert EngineConfig.resolve("cpu", "auto").backend == "torch"
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
-        kernel_backend.backend_for("cpu")
-    with pytest.raises(RuntimeError):
-        kernel_backend.use_triton(torch.zeros(1))
+    with pytest.raises(GenbabError, match="TRITON_INTERPRET"):
+        kernel_backend.backend_for("cpu", "triton")
+    with pytest.raises(GenbabError, match="TRITON_INTERPRET"):
+        EngineConfig.resolve("cpu", "triton")
+    with pytest.raises(ValueError, match="resolved"):
+        EngineConfig(torch.device("cpu"), F64, "auto")
+    monkeypatch.setattr(kernel_backend, "triton_available", lambda: False)
+    with pytest.raises(GenbabError, match="does not import"):
+        kernel_backend.backend_for("cuda", "triton")
+    assert kernel_backend.backend_for("cuda", "auto") == "torch"
+    if not torch.cuda.is_available():
+        with pytest.raises(GenbabError, match="no CUDA device"):
+            EngineConfig.resolve("cuda", "torch")
 
 
-def test_routed_functions_follow_the_backend():
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """Counts of the three kernels' launches (the launchers the routed calls end in)."""
+    import genbab.kernels.concretize as kc
+    import genbab.kernels.elementwise_backward as ke
+    import genbab.kernels.relax as kr
+    calls = {"concretize": 0, "elementwise_backward": 0, "relax": 0}
+
+    def counted(module, name, key):
+        original = getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            calls[key] += 1
+            return original(*args, **kwargs)
+        monkeypatch.setattr(module, name, wrapper)
+
+    counted(kc, "concretize_triton", "concretize")
+    counted(ke, "backward_triton", "elementwise_backward")
+    counted(kr, "relax_raw_triton", "relax")
+    return calls
+
+
+def test_routed_functions_follow_the_engine_config(kernel_calls):
+    """The routed functions take the backend as an argument: ``torch`` never launches a kernel,
+    ``triton`` launches each, and both agree."""
     A, b, lo, up = random_problem(2, 3, (4,), F64, seed=11)
-    lines = OP_RELAXATIONS["Sigmoid"].relax(lo.unsqueeze(1), up.unsqueeze(1))
+    sigmoid, tanh = OP_RELAXATIONS["Sigmoid"], OP_RELAXATIONS["Tanh"]
     outs = {}
     for name in ("torch", "triton"):
-        kernel_backend.set_backend(name)
-        outs[name] = (concretize_lower(A, b, Box(lo, up)), *elementwise_backward(A, lines),
-                      *OP_RELAXATIONS["Tanh"].relax(lo, up).__dict__.values())
+        lines = kernel_backend.relax_lines(sigmoid, lo.unsqueeze(1), up.unsqueeze(1), None, name)
+        outs[name] = (concretize_lower(A, b, Box(lo, up), name), *elementwise_backward(A, lines, name),
+                      *kernel_backend.relax_lines(tanh, lo, up, None, name).__dict__.values())
+        if name == "torch":
+            assert kernel_calls == {"concretize": 0, "elementwise_backward": 0, "relax": 0}
+    assert kernel_calls == {"concretize": 1, "elementwise_backward": 1, "relax": 2}
     for x, y in zip(outs["torch"], outs["triton"]):
         torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-9)
+    relu = OP_RELAXATIONS["Relu"]  # no kernel for it: the triton backend uses the op's own relaxation
+    kernel_backend.relax_lines(relu, lo, up, None, "triton")
+    assert kernel_calls["relax"] == 2
+
+
+@pytest.mark.parametrize("name,kw", [("Sigmoid", {}), ("Sin", {}), ("Gelu", {"approximate": "tanh"})],
+                         ids=["Sigmoid", "Sin", "Gelu-tanh"])
+def test_relaxation_kernel_gradients_match_the_torch_path(name, kw, kernel_calls):
+    """``kernels.relax.relax``: kernel forward, and the gradients with respect to ``l``, ``u`` and
+    both tangent points are those of the PyTorch relaxation (float64, broadcast parameters)."""
+    from genbab.kernels.relax import relax
+    g = gen(21)
+    lo = (torch.randn(2, 1, 5, generator=g, dtype=F64) * 2).to(DEV)
+    up = lo + torch.rand(2, 1, 5, generator=g, dtype=F64).to(DEV) * 3 + 0.1
+    t = torch.rand(2, 2, 3, 5, generator=g, dtype=F64).to(DEV)
+    p_lo, p_up = lo + (up - lo) * t[0], lo + (up - lo) * t[1]  # [2, 3, 5]: one set per spec row
+    w = torch.randn(4, 2, 3, 5, generator=g, dtype=F64).to(DEV)
+    grads, values = [], []
+    for use_kernel in (True, False):
+        leaves = [x.clone().requires_grad_() for x in (lo, up, p_lo, p_up)]
+        params = {"tangent_lower": leaves[2], "tangent_upper": leaves[3]}
+        r = (relax if use_kernel else relax_reference)(name, leaves[0], leaves[1], params, **kw)
+        lines = (r.slope_lower, r.bias_lower, r.slope_upper, r.bias_upper)
+        sum((line * wi).sum() for line, wi in zip(lines, w)).backward()
+        grads.append([x.grad for x in leaves])
+        values.append(lines)
+    assert kernel_calls["relax"] == 1
+    for a, b in zip(*values):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-7)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
 def write_small_net(tmp_path: Path) -> Path:
@@ -367,7 +430,7 @@ def write_small_net(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("method", ["crown", "alpha-crown"])
-def test_bounds_agree_between_backends(tmp_path, method):
+def test_bounds_agree_between_backends(tmp_path, method, kernel_calls):
     """Whole CROWN / alpha-CROWN bounds: the triton backend matches the torch backend.
 
     One alpha step only: Adam normalises gradients, so after a few steps rounding differences
@@ -381,14 +444,16 @@ def test_bounds_agree_between_backends(tmp_path, method):
     upper = lower + torch.tensor([[0.5, 1.0, 0.3, 0.1], [1.0, 1.0, 1.0, 1.0]], dtype=F64)
     res = {}
     for name in ("torch", "triton"):
-        kernel_backend.set_backend(name)
-        res[name] = compute_bounds(model, lower, upper, method,
+        res[name] = compute_bounds(model, lower, upper, method, device=DEV, kernels=name,
                                    alpha=AlphaConfig(iterations=1, stop_when_positive=False))
+        if name == "torch":
+            assert sum(kernel_calls.values()) == 0
+    assert all(n > 0 for n in kernel_calls.values()), kernel_calls
     for x, y in zip(res["torch"], res["triton"]):
         torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-9)
 
 
-def test_alpha_crown_on_the_triton_backend_is_sound(tmp_path):
+def test_alpha_crown_on_the_triton_backend_is_sound(tmp_path, kernel_calls):
     """Several alpha steps on the triton backend: the bounds contain every sampled output and are
     no looser than CROWN's."""
     import genbab
@@ -397,10 +462,11 @@ def test_alpha_crown_on_the_triton_backend_is_sound(tmp_path):
     model = genbab.load_model(write_small_net(tmp_path))
     lower = torch.tensor([[-1.0, -0.5, 0.0, 0.2], [0.0, 0.0, 0.0, 0.0]], dtype=F64)
     upper = lower + torch.tensor([[0.5, 1.0, 0.3, 0.1], [1.0, 1.0, 1.0, 1.0]], dtype=F64)
-    kernel_backend.set_backend("triton")
-    crown = compute_bounds(model, lower, upper, "crown")
-    lb, ub = compute_bounds(model, lower, upper, "alpha-crown",
+    crown = compute_bounds(model, lower, upper, "crown", device=DEV, kernels="triton")
+    before = dict(kernel_calls)
+    lb, ub = compute_bounds(model, lower, upper, "alpha-crown", device=DEV, kernels="triton",
                             alpha=AlphaConfig(iterations=5, stop_when_positive=False))
+    assert all(kernel_calls[k] > before[k] for k in kernel_calls), "the alpha steps ran the kernels"
     assert bool((lb >= crown[0] - 1e-12).all() and (ub <= crown[1] + 1e-12).all())
     g = torch.Generator().manual_seed(11)
     for b in range(2):
@@ -408,3 +474,36 @@ def test_alpha_crown_on_the_triton_backend_is_sound(tmp_path):
         with torch.no_grad():
             ys = model.forward_flat(xs.to(model.dtype)).double()
         assert bool((ys >= lb[b] - 1e-5).all() and (ys <= ub[b] + 1e-5).all())
+
+
+SPECS = Path(__file__).resolve().parents[1] / "specs"
+
+
+@pytest.mark.skipif(not INTERPRET, reason="needs TRITON_INTERPRET=1 (the kernels on CPU tensors)")
+def test_verify_with_triton_kernels_on_the_toy_model(kernel_calls):
+    """A whole ``genbab.verify`` on the CPU with the Triton kernels (interpreter): the verdict of
+    the torch run, and every kernel launched. Then branch and bound itself on the kernels: the
+    toy case with a floor above what alpha-CROWN proves at the root, so domains get split,
+    bounded with alpha/beta optimisation (gradients through the relaxation kernel) and proved."""
+    import genbab
+    from genbab.bab.loop import BabConfig, BranchAndBound
+    from genbab.bounds import engine_for
+    model, spec = SPECS / "toy_mlp.onnx", SPECS / "toy_mlp_robust.vnnlib"
+    expected = genbab.verify(model, spec, timeout=120, device="cpu", kernels="torch")
+    assert sum(kernel_calls.values()) == 0
+    got = genbab.verify(model, spec, timeout=120, device="cpu", kernels="triton")
+    assert got.status == expected.status == "unsat"
+    assert all(n > 0 for n in kernel_calls.values()), kernel_calls
+    loaded, case = genbab.load_model(model), genbab.load_spec(spec)
+    floor = 0.95  # root CROWN bound 0.685 < 0.95 < 1.057 (sampled minimum): proved by splitting only
+    statuses = {}
+    for kernels in ("torch", "triton"):
+        before = dict(kernel_calls)
+        bab = BranchAndBound(engine_for(loaded, EngineConfig.resolve("cpu", kernels)), case.lower[0], case.upper[0],
+                             case.C[0], case.d[0] + floor, BabConfig(alpha_iterations=2, input_batch_size=8))
+        result = bab.run(time.monotonic() + 120)
+        assert result.visited > 1
+        statuses[kernels] = result.status
+        launched = [kernel_calls[k] > before[k] for k in kernel_calls]
+        assert all(launched) if kernels == "triton" else not any(launched), kernel_calls
+    assert statuses == {"torch": "unsat", "triton": "unsat"}

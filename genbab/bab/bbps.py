@@ -84,7 +84,7 @@ def node_scores(engine: BoundEngine, reader: Node, shortcut: Shortcut, lam: torc
 
     def coeffs(l, u):
         """(a, beta): coefficient on z and per-neuron bias of ``Lambda h(z)`` with lines on [l, u]."""
-        lines = op.relax(l, u)
+        lines = engine.relax(op, l, u)
         a = lam_p * lines.slope_lower + lam_n * lines.slope_upper
         beta = lam_p * lines.bias_lower + lam_n * lines.bias_upper
         return a, torch.where(lam == 0, torch.zeros_like(beta), beta)
@@ -105,7 +105,7 @@ def node_scores(engine: BoundEngine, reader: Node, shortcut: Shortcut, lam: torc
         bound = _score_upper_bounds(shortcut, children, center, radius)
         idx = torch.topk(bound, top_k, dim=1).indices  # [D, k]
         exact = _exact_scores(shortcut, children, G, base, center, radius, idx)
-        return torch.full((D, n), -torch.inf, dtype=G.dtype).scatter(1, idx, exact)
+        return torch.full((D, n), -torch.inf, dtype=G.dtype, device=G.device).scatter(1, idx, exact)
     return _exact_scores(shortcut, children, G, base, center, radius, None)
 
 
@@ -116,7 +116,7 @@ def _exact_scores(shortcut: Shortcut, children, G, base, center, radius, idx: to
     score = None
     for d_p, d_n, d_const in children:
         if idx is None:
-            rows = torch.arange(d_p.shape[1]).expand(D, -1)  # only its width is used
+            rows = torch.arange(d_p.shape[1], device=d_p.device).expand(D, -1)  # only its width is used
         else:
             rows = idx
             d_p, d_n, d_const = (t.gather(1, idx) for t in (d_p, d_n, d_const))

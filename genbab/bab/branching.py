@@ -47,7 +47,7 @@ def consumers(engine: BoundEngine, candidates: list[str]) -> dict[str, list[Node
 
 def elementwise_gap(engine: BoundEngine, node: Node, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
     """Largest vertical distance between the upper and lower line of ``node`` on ``[lo, hi]``."""
-    lines = engine.rules[node.name].op.relax(lo, hi)
+    lines = engine.relax(engine.rules[node.name].op, lo, hi)
     ds, db = lines.slope_upper - lines.slope_lower, lines.bias_upper - lines.bias_lower
     gap = torch.maximum(ds * lo + db, ds * hi + db)
     return gap.nan_to_num(nan=GAP_CAP, posinf=GAP_CAP).clamp(min=0, max=GAP_CAP)
@@ -61,15 +61,15 @@ def neuron_scores(engine: BoundEngine, name: str, readers: list[Node], bounds: B
     if name == engine.graph.input_name:  # input split: the concretisation term |A_i| (u_i - l_i) / 2
         A = record.get(name)
         if A is None:
-            return torch.zeros(D, lo[0].numel(), dtype=lo.dtype)
-        lam = A[torch.arange(D), best_row].reshape(D, -1).abs()
+            return torch.zeros(D, lo[0].numel(), dtype=lo.dtype, device=lo.device)
+        lam = A[torch.arange(D, device=A.device), best_row].reshape(D, -1).abs()
         return lam * (hi - lo).reshape(D, -1) / 2
-    score = torch.zeros(D, lo[0].numel(), dtype=lo.dtype)
+    score = torch.zeros(D, lo[0].numel(), dtype=lo.dtype, device=lo.device)
     for node in readers:
         A = record.get(node.name)
         if A is None or engine.rules[node.name].kind != "elementwise":
             continue
-        lam = A[torch.arange(D), best_row].reshape(D, -1).abs()
+        lam = A[torch.arange(D, device=A.device), best_row].reshape(D, -1).abs()
         score = score + lam * elementwise_gap(engine, node, lo, hi).reshape(D, -1)
     width = (hi - lo).reshape(D, -1)
     return torch.where(width > MIN_WIDTH, score, torch.zeros_like(score))
@@ -107,7 +107,7 @@ def candidate_scores(engine: BoundEngine, name: str, readers: list[Node], bounds
         return babsr
     lo, hi = (b.reshape(b.shape[0], -1) for b in bounds[name])
     D = lo.shape[0]
-    lam = record[readers[0].name][torch.arange(D), best_row].reshape(D, -1)
+    lam = record[readers[0].name][torch.arange(D, device=lo.device), best_row].reshape(D, -1)
     gain = node_scores(engine, readers[0], shortcut, lam, lo, hi, points, ctx.box, top_k=BBPS_TOP_K)
     width_ok = (hi - lo) > MIN_WIDTH
     # BBPS gains rank first; where BBPS sees no gain the intercept score (scaled far below) decides
@@ -130,7 +130,7 @@ def choose_splits(engine: BoundEngine, candidates: list[str], readers: dict[str,
     flat = torch.cat(scores, dim=1)
     best = flat.argmax(dim=1)
     has_split = flat.gather(1, best[:, None]).squeeze(1) > 0
-    offsets = torch.tensor([0] + sizes).cumsum(0)
+    offsets = torch.tensor([0] + sizes, device=flat.device).cumsum(0)
     node = torch.searchsorted(offsets[1:], best, right=True)
     index = best - offsets[node]
     points = torch.cat(all_points, dim=1).gather(1, best[:, None]).squeeze(1).to(torch.float64)

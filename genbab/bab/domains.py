@@ -6,7 +6,9 @@ its best lower bound ``lb`` (over the case's rows; ``> 0`` proves it), its depth
 chosen for it when it was bounded (candidate node index, flat neuron index, split point), and
 the relaxation parameters and split multipliers its bound ended with (``params``, by the keys of
 :func:`genbab.bounds.alpha.optimize_rows`'s ``warm``), which its children start from.
-Batches are never mutated in place: ``select`` and ``cat`` build new ones.
+Batches are never mutated in place: ``select`` and ``cat`` build new ones. Every tensor of a
+batch lives on the bound engine's device (:func:`root_domains` takes it; the rest follows), and
+no operation here reads a value back to the host.
 """
 
 from __future__ import annotations
@@ -57,39 +59,43 @@ def _cat_params(a: DomainBatch, b: DomainBatch) -> dict[str, torch.Tensor]:
     out = {}
     for key in a.params.keys() | b.params.keys():
         ref = a.params.get(key, b.params.get(key))
-        parts = [x.params.get(key, torch.full((len(x), *ref.shape[1:]), torch.nan, dtype=ref.dtype))
+        parts = [x.params.get(key, torch.full((len(x), *ref.shape[1:]), torch.nan, dtype=ref.dtype, device=ref.device))
                  for x in (a, b)]
         out[key] = torch.cat(parts)
     return out
 
 
-def root_domains(shapes: dict[str, tuple[int, ...]], dtype: torch.dtype) -> DomainBatch:
-    """One domain without splits."""
-    lower = {k: torch.full((1, *s), -torch.inf, dtype=dtype) for k, s in shapes.items()}
-    upper = {k: torch.full((1, *s), torch.inf, dtype=dtype) for k, s in shapes.items()}
-    zero = torch.zeros(1, dtype=torch.int64)
-    return DomainBatch(lower, upper, torch.full((1,), -torch.inf, dtype=torch.float64), zero, zero - 1, zero,
-                       torch.zeros(1, dtype=torch.float64))
+def root_domains(shapes: dict[str, tuple[int, ...]], dtype: torch.dtype,
+                 device: torch.device | str = "cpu") -> DomainBatch:
+    """One domain without splits, on ``device``."""
+    lower = {k: torch.full((1, *s), -torch.inf, dtype=dtype, device=device) for k, s in shapes.items()}
+    upper = {k: torch.full((1, *s), torch.inf, dtype=dtype, device=device) for k, s in shapes.items()}
+    zero = torch.zeros(1, dtype=torch.int64, device=device)
+    return DomainBatch(lower, upper, torch.full((1,), -torch.inf, dtype=torch.float64, device=device), zero,
+                       zero - 1, zero, torch.zeros(1, dtype=torch.float64, device=device))
 
 
 def split(domains: DomainBatch, candidates: list[str]) -> DomainBatch:
     """Both children of every domain: ``z <= p`` (first half) and ``z >= p`` (second half), each
-    starting from the parent's parameters."""
+    starting from the parent's parameters. Sync-free: each candidate's split is a masked scatter
+    (domains split elsewhere write their own value back)."""
     left_lower = {k: v.clone() for k, v in domains.lower.items()}
     left_upper = {k: v.clone() for k, v in domains.upper.items()}
     right_lower = {k: v.clone() for k, v in domains.lower.items()}
     right_upper = {k: v.clone() for k, v in domains.upper.items()}
-    for c, name in enumerate(candidates):
-        rows = torch.nonzero(domains.split_node == c).flatten()
-        if len(rows) == 0:
-            continue
-        idx, point = domains.split_index[rows], domains.split_point[rows]
-        left_upper[name].view(len(domains), -1)[rows, idx] = point
-        right_lower[name].view(len(domains), -1)[rows, idx] = point
     n = len(domains)
+    for c, name in enumerate(candidates if n else []):
+        here = domains.split_node == c
+        for bounds in (left_upper[name], right_lower[name]):
+            flat = bounds.view(n, -1)
+            idx = domains.split_index.clamp(0, flat.shape[1] - 1).unsqueeze(1)
+            value = torch.where(here, domains.split_point.to(flat.dtype), flat.gather(1, idx).squeeze(1))
+            flat.scatter_(1, idx, value.unsqueeze(1))
+    device = domains.lb.device
     children = DomainBatch(left_lower, left_upper, domains.lb.clone(), domains.depth + 1,
-                           torch.full((n,), -1, dtype=torch.int64), torch.zeros(n, dtype=torch.int64),
-                           torch.zeros(n, dtype=torch.float64), domains.params)
+                           torch.full((n,), -1, dtype=torch.int64, device=device),
+                           torch.zeros(n, dtype=torch.int64, device=device),
+                           torch.zeros(n, dtype=torch.float64, device=device), domains.params)
     return children.cat(DomainBatch(right_lower, right_upper, domains.lb.clone(), domains.depth + 1,
                                     children.split_node.clone(), children.split_index.clone(),
                                     children.split_point.clone(), domains.params))

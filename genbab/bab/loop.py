@@ -14,6 +14,12 @@ as free memory allows (:mod:`genbab.bab.memory`), halves after an out-of-memory 
 shrinks when the last pass's time per domain says the next would outlast ``PASS_SECONDS``. A
 domain whose bounds are contradictory (some ``lower > upper``) is empty, hence proved; a NaN
 bound never proves anything.
+
+Everything lives on the engine's device (box, case rows, domains, parameters). Per pass the
+loop reads back to the host only what it must decide on: the number of unproved children and
+whether one of them cannot be split (one transfer), and, for the progress report, the worst open
+bound and the depth (one transfer). The alpha/beta optimisation of a pass adds its own (see
+:func:`genbab.bounds.alpha.optimize_rows`).
 """
 
 from __future__ import annotations
@@ -70,8 +76,8 @@ class BranchAndBound:
                  d: torch.Tensor, config: BabConfig = BabConfig(), root_bounds=None,
                  attack: DomainAttack | None = None, on_progress=None):
         self.engine, self.config = engine, config
-        self.lower, self.upper = lower, upper
-        self.C, self.d = C.to(engine.dtype), d.to(engine.dtype)
+        self.lower, self.upper = (t.to(engine.device, engine.dtype) for t in (lower, upper))
+        self.C, self.d = C.to(engine.device, engine.dtype), d.to(engine.device, engine.dtype)
         self.input = engine.graph.input_name
         self.input_mode = math.prod(engine.graph.input_shape) <= config.input_split_max_dims
         if self.input_mode:
@@ -174,7 +180,7 @@ class BranchAndBound:
         D, n = lower.shape
         mid = (lower + upper) / 2
         lo, hi = lower.unsqueeze(1).repeat(1, 2 * n, 1), upper.unsqueeze(1).repeat(1, 2 * n, 1)
-        dims = torch.arange(n)
+        dims = torch.arange(n, device=lower.device)
         hi[:, dims, dims] = mid
         lo[:, n + dims, dims] = mid
         box = self.engine.box(torch.maximum(lo.reshape(-1, n), self.lower.reshape(1, -1).to(lo.dtype)),
@@ -193,20 +199,21 @@ class BranchAndBound:
     def run(self, deadline: float) -> BabResult:
         result = BabResult("timeout")
         shapes = {c: self.engine.shapes[c] for c in self.candidates}
-        to_bound = root_domains(shapes, self.engine.dtype)
-        open_domains = to_bound.select(torch.zeros(0, dtype=torch.int64))
+        to_bound = root_domains(shapes, self.engine.dtype, self.engine.device)
+        open_domains = to_bound.select(slice(0, 0))
+        self._max_depth = torch.zeros((), dtype=torch.float64, device=self.engine.device)
         try:
             while True:
                 started = time.monotonic()
                 bounded = self.bound_in_chunks(to_bound, deadline)
                 seconds_per_domain = (time.monotonic() - started) / max(1, len(to_bound))
                 result.visited += len(bounded)
-                result.max_depth = max(result.max_depth, int(bounded.depth.max()))
+                self._max_depth = torch.maximum(self._max_depth, bounded.depth.max().to(torch.float64))
                 if self.witness is not None:
                     result.witness = self.witness
                     return self._finish(result, "sat", open_domains.cat(bounded))
-                unproved = bounded.select(torch.nonzero(~(bounded.lb > 0)).flatten())
-                if bool((unproved.split_node < 0).any()):
+                unproved, stuck = self._unproved(bounded)
+                if stuck:
                     return self._finish(result, "unknown", open_domains.cat(unproved))
                 open_domains = open_domains.cat(unproved)
                 self._fit_max_domains(open_domains)
@@ -224,6 +231,15 @@ class BranchAndBound:
         except BoundsTimeout:
             return self._finish(result, "timeout", open_domains)
 
+    @staticmethod
+    def _unproved(bounded: DomainBatch) -> tuple[DomainBatch, bool]:
+        """The domains not proved (``lb > 0`` fails, NaN included), in their order, and whether
+        one of them cannot be split: one transfer to the host (their count and the flag)."""
+        open_ = ~(bounded.lb > 0)
+        n_open, stuck = torch.stack([open_.sum(), (open_ & (bounded.split_node < 0)).any().long()]).tolist()
+        order = torch.argsort((~open_).to(torch.int8), stable=True)[: int(n_open)]
+        return bounded.select(order), bool(stuck)
+
     def parents_per_pass(self, seconds_per_domain: float, deadline: float) -> int:
         """Parents to split next: half the batch, fewer when the last pass's time per domain says
         their children would take more than ``PASS_SECONDS`` (or than the time left) to bound, so
@@ -239,8 +255,7 @@ class BranchAndBound:
             try:
                 parts = []
                 for first in range(0, len(domains), self.batch):
-                    idx = torch.arange(first, min(len(domains), first + self.batch))
-                    parts.append(self.bound(domains.select(idx), deadline))
+                    parts.append(self.bound(domains.select(slice(first, first + self.batch)), deadline))
                     if self.witness is not None:
                         break
                 return functools.reduce(DomainBatch.cat, parts)
@@ -259,13 +274,17 @@ class BranchAndBound:
                                    int(min(self.config.max_domains, self.config.memory_bytes // per_domain)))
 
     def _log(self, result: BabResult, open_domains: DomainBatch) -> None:
-        worst = float(open_domains.lb.min()) if len(open_domains) else float("inf")
+        """History and progress: the worst open bound and the depth, in one transfer to the host."""
+        worst = open_domains.lb.min() if len(open_domains) else torch.full_like(self._max_depth, torch.inf)
+        worst, depth = torch.stack([worst.to(torch.float64), self._max_depth]).tolist()
+        result.max_depth = int(depth)
         result.history.append((round(time.monotonic() - self.start, 3), worst, len(open_domains)))
         if self.on_progress is not None:
             self.on_progress(result)
 
     def _finish(self, result: BabResult, status: str, open_domains: DomainBatch) -> BabResult:
         result.status, result.open, result.batch = status, len(open_domains), self.batch
+        result.max_depth = int(self._max_depth)
         self.open_domains = open_domains
         result.history = result.history[:: max(1, len(result.history) // 25)][-50:]
         return result

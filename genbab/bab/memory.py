@@ -13,7 +13,8 @@ import math
 
 import torch
 
-PASS_COPIES = 12  # live coefficient-sized tensors per node in a bound pass with alpha gradients
+PASS_COPIES = 48  # live coefficient-sized tensors per node in a bound pass with alpha gradients (measured: a toy
+# MLP peaks at ~40 per node and row, eran_sigmoid 6x200 at ~30; tests/test_bab_memory.py)
 
 
 def free_bytes(device: torch.device) -> float:

@@ -10,7 +10,6 @@ importing torch twice. That prints the hard-kill limit in seconds on the first l
 from __future__ import annotations
 
 import math
-import os
 import sys
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -40,21 +39,12 @@ class CategorySettings:
         return timeout + self.kill_grace_s
 
     def verify_args(self, timeout: float, device: str | None = None) -> list[str]:
-        """``genbab verify`` flags (after MODEL SPEC) for an instance with this competition timeout."""
-        dev = resolve_device(device or self.device)
-        return ["--timeout", f"{self.verify_timeout(timeout):.3f}", "--seed", str(self.seed), "--device", dev,
-                "--quiet", *self.extra_args]
+        """``genbab verify`` flags (after MODEL SPEC) for an instance with this competition timeout.
 
-
-def resolve_device(device: str) -> str:
-    """``auto`` is ``cuda`` when the NVIDIA driver reports a GPU (and CUDA_VISIBLE_DEVICES does not hide it)."""
-    if device != "auto":
-        return device
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None and visible.strip() in ("", "-1"):
-        return "cpu"
-    gpus = Path("/proc/driver/nvidia/gpus")
-    return "cuda" if gpus.is_dir() and any(gpus.iterdir()) else "cpu"
+        The device goes through as given (``auto`` included): ``genbab verify`` resolves ``auto``
+        itself (CUDA when torch sees one), on the machine that runs the instance."""
+        return ["--timeout", f"{self.verify_timeout(timeout):.3f}", "--seed", str(self.seed),
+                "--device", device or self.device, "--quiet", *self.extra_args]
 
 
 def load_categories(path: Path = DEFAULT_TOML) -> dict:

@@ -1,7 +1,9 @@
 """Bound propagation: IBP, CROWN and alpha-CROWN over the model graph.
 
-``compute_bounds(model, lower, upper, method, C)`` returns lower and upper bounds of ``C y``
-(or of the flat output ``y`` when ``C`` is None) over a batch of input boxes.
+``compute_bounds(model, lower, upper, method, C, device=..., kernels=...)`` returns lower and
+upper bounds of ``C y`` (or of the flat output ``y`` when ``C`` is None) over a batch of input
+boxes. ``engine_for(model, config)`` is the model's engine for one
+:class:`~genbab.bounds.config.EngineConfig` (device, dtype, kernel backend), built once.
 """
 
 from __future__ import annotations
@@ -12,18 +14,20 @@ import torch
 
 from genbab.bounds.alpha import AlphaConfig, optimize_rows
 from genbab.bounds.box import Box
+from genbab.bounds.config import EngineConfig
 from genbab.bounds.engine import BoundEngine
 
 METHODS = ("ibp", "crown", "alpha-crown")
 
 
-def engine_for(model) -> BoundEngine:
-    """The model's bound engine, built once and kept on the model."""
-    engine = getattr(model, "_bound_engine", None)
-    if engine is None:
-        engine = BoundEngine(model.graph)
-        model._bound_engine = engine
-    return engine
+def engine_for(model, config: EngineConfig | None = None) -> BoundEngine:
+    """The model's bound engine for ``config`` (default: CPU, float64, PyTorch), built once per
+    config and kept on the model."""
+    config = EngineConfig() if config is None else config
+    engines = model.__dict__.setdefault("_bound_engines", {})
+    if config not in engines:
+        engines[config] = BoundEngine(model.graph, config)
+    return engines[config]
 
 
 ROW_BUDGET_ELEMENTS = 2.5e7  # rows x batch x neurons per chunk: alpha-CROWN keeps ~10 such numbers each
@@ -39,7 +43,8 @@ def rows_per_chunk(engine: BoundEngine, batch: int, budget: float = ROW_BUDGET_E
 
 def compute_bounds(model, lower: torch.Tensor, upper: torch.Tensor, method: str = "alpha-crown",
                    C: torch.Tensor | None = None, alpha: AlphaConfig = AlphaConfig(stop_when_positive=False),
-                   row_chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   row_chunk: int | None = None, device: str | torch.device | None = None,
+                   kernels: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Bounds ``(lb, ub)`` of ``C y`` over the boxes ``lower <= x <= upper``.
 
     ``lower``/``upper``: ``[batch, n_inputs]`` (flat) or ``[batch, *input_shape]``, or one box
@@ -47,19 +52,24 @@ def compute_bounds(model, lower: torch.Tensor, upper: torch.Tensor, method: str 
     the identity (bounds on every output). Returns float64 tensors ``[batch, S]``. Rows are
     bounded ``row_chunk`` at a time (default :func:`rows_per_chunk`), so asking for thousands of
     outputs costs time, not memory beyond the budget.
+
+    ``device`` (``auto``, ``cpu``, ``cuda``; None: ``lower``'s device) and ``kernels`` (``auto``,
+    ``triton``, ``torch``) choose the engine (:meth:`EngineConfig.resolve`); the bounds are
+    computed there and returned on ``lower``'s device.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    engine = engine_for(model)
+    home = lower.device
+    engine = engine_for(model, EngineConfig.resolve(home if device is None else device, kernels))
     if lower.dim() == 1 or tuple(lower.shape) == tuple(engine.graph.input_shape):
         lower, upper = lower.unsqueeze(0), upper.unsqueeze(0)
     box = engine.box(lower, upper)
     n_out = model.n_outputs
     if C is None:
-        C = torch.eye(n_out, dtype=engine.dtype)
+        C = torch.eye(n_out, dtype=engine.dtype, device=engine.device)
     if C.dim() == 2:
         C = C.unsqueeze(0).expand(box.batch, -1, -1)
-    C = C.to(engine.dtype)
+    C = C.to(engine.device, engine.dtype)
     both = torch.cat([C, -C], dim=1)
     S = C.shape[1]
     if method == "ibp":
@@ -78,7 +88,7 @@ def compute_bounds(model, lower: torch.Tensor, upper: torch.Tensor, method: str 
             else:
                 parts.append(optimize_rows(engine, rows, box, bounds, alpha).detach())
         lb = torch.cat(parts, dim=1)
-    return lb[:, :S].detach(), (-lb[:, S:]).detach()
+    return lb[:, :S].detach().to(home), (-lb[:, S:]).detach().to(home)
 
 
-__all__ = ["AlphaConfig", "BoundEngine", "Box", "METHODS", "compute_bounds"]
+__all__ = ["AlphaConfig", "BoundEngine", "Box", "EngineConfig", "METHODS", "compute_bounds", "engine_for"]

@@ -111,8 +111,8 @@ class AffineMap:
             low_in = [lo if s > 0 else hi for s, lo, hi in zip(signs, lows, highs)]
             high_in = [hi if s > 0 else lo for s, lo, hi in zip(signs, lows, highs)]
             return self._batched(low_in), self._batched(high_in)
-        lows = [lo.clamp(min=-HUGE) for lo in lows]  # centre/radius of unbounded intervals stay finite
-        highs = [hi.clamp(max=HUGE) for hi in highs]
+        lows = [lo.clamp(min=-huge(lo.dtype)) for lo in lows]  # centre/radius of unbounded intervals stay finite
+        highs = [hi.clamp(max=huge(hi.dtype)) for hi in highs]
         mid = self._batched([(lo + hi) / 2 for lo, hi in zip(lows, highs)])
         absolute = self._absolute()
         if absolute is not None:
@@ -139,6 +139,12 @@ class AffineMap:
 
 
 HUGE = 1e300
+
+
+def huge(dtype: torch.dtype) -> float:
+    """The finite stand-in for an infinite bound: ``HUGE`` in float64, ``1e-8`` of the largest
+    finite value in narrower dtypes (so ``hi - lo`` and the centre stay finite)."""
+    return min(HUGE, torch.finfo(dtype).max * 1e-8)
 RESHAPES = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout"})
 CONV_TYPES = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d,
               torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)
@@ -230,7 +236,7 @@ def center_interval(node: Node, batched, lo: torch.Tensor, hi: torch.Tensor) -> 
     centre ``c(mid)``, radius ``(1 - 2/n) r_i + mean(r)`` (``n`` elements per group)."""
     axes = [1 + a for a in node.module.axes]
     n = math.prod(lo.shape[a] for a in axes)
-    lo, hi = lo.clamp(min=-HUGE), hi.clamp(max=HUGE)
+    lo, hi = lo.clamp(min=-huge(lo.dtype)), hi.clamp(max=huge(hi.dtype))
     mid, rad = batched([(lo + hi) / 2]), (hi - lo) / 2
     rad = (1 - 2 / n) * rad + rad.mean(dim=axes, keepdim=True)
     return mid - rad, mid + rad

@@ -86,17 +86,19 @@ class BetaParams:
     them to the objective keeps a valid lower bound: an extra coefficient ``beta_u - beta_l`` on
     ``z`` and bias ``beta_l l - beta_u u`` (see :meth:`BoundEngine.backward`'s ``extra``)."""
 
-    def __init__(self, splits: Bounds, n_rows: int, dtype: torch.dtype, warm: dict[str, torch.Tensor] | None = None):
+    def __init__(self, splits: Bounds, n_rows: int, dtype: torch.dtype, warm: dict[str, torch.Tensor] | None = None,
+                 device: torch.device | str = "cpu"):
         self.limits, self.free = {}, {}
         warm = warm or {}
+        if splits:  # which nodes have a finite limit anywhere: one transfer to the host for all of them
+            used = torch.stack([(torch.isfinite(lo).any() | torch.isfinite(hi).any()) for lo, hi in splits.values()])
+            splits = {name: s for name, s, u in zip(splits, splits.values(), used.tolist()) if u}
         for name, (lo, hi) in splits.items():
             has_lo, has_hi = torch.isfinite(lo), torch.isfinite(hi)
-            if not bool(has_lo.any() or has_hi.any()):
-                continue
             shape = (lo.shape[0], n_rows, *lo.shape[1:])
             self.limits[name] = (torch.where(has_lo, lo, 0.0).unsqueeze(1), has_lo.unsqueeze(1),
                                  torch.where(has_hi, hi, 0.0).unsqueeze(1), has_hi.unsqueeze(1))
-            zero = torch.zeros(shape, dtype=dtype)
+            zero = torch.zeros(shape, dtype=dtype, device=device)
             self.free[name] = tuple(_warm(zero, warm.get(f"beta/{name}/{side}")).clamp(min=0).requires_grad_(True)
                                     for side in ("lower", "upper"))
 
@@ -128,7 +130,7 @@ def _warm(default: torch.Tensor, warm: torch.Tensor | None) -> torch.Tensor:
     """``warm`` where it is given and not NaN, else ``default`` (same shape)."""
     if warm is None or warm.shape != default.shape:
         return default
-    warm = warm.to(default.dtype)
+    warm = warm.to(default.device, default.dtype)
     return torch.where(torch.isnan(warm), default, warm)
 
 
@@ -144,13 +146,14 @@ def optimize_rows(engine: BoundEngine, C: torch.Tensor, box: Box, bounds: Bounds
     beta multipliers are optimised jointly with alpha. ``warm``: starting values by the keys of
     :meth:`AlphaParams.state` / :meth:`BetaParams.state` (NaN or absent: the defaults);
     ``record["warm"]`` receives the final values under the same keys."""
-    offset = torch.zeros(C.shape[:2], dtype=engine.dtype) if offset is None else offset.to(engine.dtype)
+    offset = (torch.zeros(C.shape[:2], dtype=engine.dtype, device=engine.device) if offset is None
+              else offset.to(engine.device, engine.dtype))
     with torch.no_grad():
         best = engine.bound_rows(C, box, bounds, record=record) - offset
     if record is not None:
         record["rows"] = best.clone()  # the plain CROWN rows, whose input coefficients record holds
     alpha = AlphaParams(engine, bounds, C.shape[1], warm=warm)
-    beta = BetaParams(splits or {}, C.shape[1], engine.dtype, warm=warm)
+    beta = BetaParams(splits or {}, C.shape[1], engine.dtype, warm=warm, device=engine.device)
     if not (alpha.free or beta.free) or config.iterations == 0 or (
             config.stop_when_positive and bool((best > 0).all())):
         return best

@@ -36,15 +36,16 @@ class Box:
         return int(self.lower.shape[0])
 
 
-def concretize_lower(A: torch.Tensor, bias: torch.Tensor, box: Box) -> torch.Tensor:
+def concretize_lower(A: torch.Tensor, bias: torch.Tensor, box: Box, backend: str = "torch") -> torch.Tensor:
     """A true lower bound of ``min_{x in box} A x + b`` for ``A`` ``[batch, S, *input_shape]`` and
     ``b`` ``[batch, S]``, despite floating-point rounding: the computed value (fused kernel, or
-    ``A x0 - |A| eps + b`` in PyTorch) minus :func:`rounding_allowance`. Every ``> 0`` decision
+    ``A x0 - |A| eps + b`` in PyTorch) minus :func:`rounding_allowance`. ``backend``: the engine
+    config's, ``"triton"`` for the kernel. Every ``> 0`` decision
     (a proved row) reads this value, so no rounding can turn a violated row into a proved one."""
     A_flat = A.reshape(A.shape[0], A.shape[1], -1)
     lower = box.lower.reshape(box.lower.shape[0], -1, 1).to(A.dtype)
     upper = box.upper.reshape(box.upper.shape[0], -1, 1).to(A.dtype)
-    if kernel_backend.use_triton(A):
+    if backend == "triton":
         value = kernel_backend.concretize_lower(A, bias, box.lower, box.upper)
         magnitude = torch.bmm(A_flat.abs(), _magnitude(lower, upper).expand(A_flat.shape[0], -1, -1)).squeeze(-1)
         return value - rounding_allowance(magnitude, bias, A_flat.shape[-1])

@@ -1,7 +1,8 @@
 """The bound engine: interval (IBP) and linear (CROWN) bounds of a graph over input boxes.
 
-``BoundEngine(graph)`` prepares the graph once (rewrites of :mod:`genbab.model.simplify`, a bound
-rule per node, float64 copies of the constants). Then, for a batch of boxes:
+``BoundEngine(graph, config)`` prepares the graph once (rewrites of :mod:`genbab.model.simplify`, a
+bound rule per node, copies of the constants in the config's dtype on its device). Then, for a
+batch of boxes:
 
 - :meth:`interval_bounds`: IBP through every node;
 - :meth:`intermediate_bounds`: bounds of every node, CROWN (intersected with IBP) for nodes
@@ -9,8 +10,13 @@ rule per node, float64 copies of the constants). Then, for a batch of boxes:
 - :meth:`bound_rows`: lower bounds of linear functions ``C y`` of the output, given the
   intermediate bounds and, optionally, relaxation parameters (alpha).
 
-Bounds are computed in float64 by default: each relaxation is sound in that dtype, and the
-linear algebra adds only float64 rounding (relative 1e-16 per operation).
+Bounds are computed in float64 by default (float32 on request): each relaxation is sound in that
+dtype, and the rounding of the linear algebra is accounted for by rigorous error terms
+(:mod:`genbab.bounds.rounding`): every backward pass subtracts a bound of its own rounding error
+from its bias, and every interval step is widened by its own. The config
+(:class:`~genbab.bounds.config.EngineConfig`) also names the kernel backend: with ``"triton"``
+the relaxations (:meth:`BoundEngine.relax`), the elementwise backward steps and the
+concretisation run the kernels of :mod:`genbab.kernels`.
 """
 
 from __future__ import annotations
@@ -21,8 +27,11 @@ import time
 
 import torch
 
-from genbab.bounds.affine import AffineMap
+from genbab.bounds.affine import AffineMap, monotone_signs
 from genbab.bounds.box import Box, concretize_lower
+from genbab.bounds.config import EngineConfig
+from genbab.bounds.kernel_backend import relax_lines
+from genbab.bounds import rounding
 from genbab.bounds.nonlinear import (bilinear_backward, elementwise_backward, matmul_backward, matmul_expand,
                                      matmul_interval, product_interval)
 from genbab.model.graph import Graph, InputRef, Node
@@ -57,11 +66,10 @@ def graph_in_dtype(graph: Graph, dtype: torch.dtype, device: torch.device | str)
 class BoundEngine:
     """Bounds of one graph; holds per-node rules and cached affine maps, no per-query state."""
 
-    def __init__(self, graph: Graph, dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu",
-                 max_rows_elements: float = 2e7):
-        self.device = torch.device(device)
-        self.dtype = dtype
-        self.graph = graph_in_dtype(simplify_for_bounds(graph), dtype, self.device)
+    def __init__(self, graph: Graph, config: EngineConfig = EngineConfig(), max_rows_elements: float = 2e7):
+        self.config = config
+        self.device, self.dtype, self.backend = config.device, config.dtype, config.backend
+        self.graph = graph_in_dtype(simplify_for_bounds(graph), self.dtype, self.device)
         self.nodes = self.graph.nodes
         self.index = {n.name: i for i, n in enumerate(self.nodes)}
         self.rules: dict[str, NodeRule] = {n.name: rule_for(n) for n in self.nodes}
@@ -71,6 +79,7 @@ class BoundEngine:
         self.crown_targets = self._crown_targets()
         self.max_rows_elements = max_rows_elements
         self._affine: dict[str, AffineMap] = {}
+        self._magnitudes: dict[tuple, tuple] = {}  # affine image magnitudes, see affine_magnitude
 
     # ----------------------------------------------------------------- helpers
     def _crown_targets(self, max_neurons: int = 4096) -> set[str]:
@@ -115,6 +124,10 @@ class BoundEngine:
         shape = (lower.shape[0], *self.graph.input_shape)
         return Box(lower.reshape(shape).to(self.device, self.dtype), upper.reshape(shape).to(self.device, self.dtype))
 
+    def relax(self, op, lo: torch.Tensor, hi: torch.Tensor, params: dict | None = None):
+        """The lines of the elementwise ``op`` on ``[lo, hi]`` on this engine's backend."""
+        return relax_lines(op, lo, hi, params, self.backend)
+
     def operand_bounds(self, node: Node, bounds: Bounds) -> tuple[list, list]:
         """Lower and upper bounds of each of the node's inputs, in ``node.inputs`` order."""
         return [bounds[i][0] for i in node.inputs], [bounds[i][1] for i in node.inputs]
@@ -131,14 +144,50 @@ class BoundEngine:
         """Interval image of one node from its inputs' intervals."""
         rule = self.rules[node.name]
         if rule.kind == "affine":
-            return self.affine(node).interval(*self.operand_bounds(node, bounds))
+            lows, highs = self.operand_bounds(node, bounds)
+            lo, hi = self.affine(node).interval(lows, highs)
+            n = math.prod(self.shapes[node.name])
+            g, tiny = rounding.gamma(2 * n + 4, lo.dtype), rounding.tiny_term(n, lo.dtype)
+            signs = monotone_signs(node) if node.op_type not in ("SoftmaxDiff", "Center") else None
+            if signs is None:  # centre/radius: its error scales with every input's magnitude
+                v = self.affine_magnitude(node, [(l_, h_) for l_, h_ in zip(lows, highs)])
+                return rounding.widen(lo, hi, g * v + tiny)
+            # corner images f(low_in), f(high_in): each errs with the magnitudes of its own corner
+            low_in = [l_ if sg > 0 else h_ for sg, l_, h_ in zip(signs, lows, highs)]
+            high_in = [h_ if sg > 0 else l_ for sg, l_, h_ in zip(signs, lows, highs)]
+            v_lo = self.affine_magnitude(node, [(t, t) for t in low_in])
+            v_hi = self.affine_magnitude(node, [(t, t) for t in high_in])
+            return rounding.widen(lo, hi, g * v_lo + tiny)[0], rounding.widen(lo, hi, g * v_hi + tiny)[1]
         if rule.kind == "elementwise":
             lo, hi = bounds[node.inputs[0]]
-            return rule.op.interval(lo, hi)
+            return rule.op.interval(lo, hi)  # the op's own interval is rounded outward
         lx, ux, ly, uy, _, _ = self.bilinear_operands(node, bounds)
+        mx, my = rounding.magnitude(lx, ux), rounding.magnitude(ly, uy)
         if node.op_type == "MatMul":
-            return matmul_interval(lx, ux, ly, uy)
-        return product_interval(lx, ux, ly, uy)
+            lo, hi = matmul_interval(lx, ux, ly, uy)
+            slack = rounding.gamma(mx.shape[-1] + 2, lo.dtype) * (mx @ my)
+        else:
+            lo, hi = product_interval(lx, ux, ly, uy)
+            slack = rounding.gamma(2, lo.dtype) * (mx * my)
+        return rounding.widen(lo, hi, slack.clamp(max=torch.finfo(lo.dtype).max))
+
+    def affine_magnitude(self, node: Node, inputs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """``v = |L| m + |c|`` ``[B, *out]`` of the affine ``node`` for its inputs' magnitudes
+        ``m = max(|l|, |u|)`` (``inputs``: one ``(l, u)`` per input): the largest magnitude of its
+        interval image of ``[-m, m]`` (that image is ``c +- |L| m`` exactly). Cached per input
+        tensors (kept alive with the entry, so their ids stay unique)."""
+        key = (node.name, *(id(t) for pair in inputs for t in pair))
+        hit = self._magnitudes.get(key)
+        if hit is not None:
+            return hit[0]
+        ms = [rounding.magnitude(lo, hi) for lo, hi in inputs]
+        with torch.no_grad():
+            lo, hi = self.affine(node).interval([-m for m in ms], ms)
+            v = rounding.magnitude(lo.detach(), hi.detach())
+        if len(self._magnitudes) > 8 * len(self.nodes) + 64:
+            self._magnitudes.clear()
+        self._magnitudes[key] = (v, inputs)
+        return v
 
     def interval_bounds(self, box: Box) -> Bounds:
         """IBP bounds of every node."""
@@ -205,7 +254,7 @@ class BoundEngine:
         A_in, bias = self.backward(start, A, bounds, params, record, extra)
         if A_in is None:
             return bias
-        return concretize_lower(A_in, bias, box)
+        return concretize_lower(A_in, bias, box, self.backend)
 
     def bound_rows(self, C: torch.Tensor, box: Box, bounds: Bounds, params: Params | None = None,
                    record: dict | None = None, extra: Bounds | None = None) -> torch.Tensor:
@@ -221,36 +270,64 @@ class BoundEngine:
         (the "Lambda" branching heuristics read) and the input's coefficient. ``extra``: per node, a term ``(coef, bias)``
         added to the bound when the pass reaches that node (the beta-CROWN split terms)."""
         pending: dict[str, torch.Tensor] = {start: A}
+        summed: set[str] = set()  # nodes whose coefficient is a rounded sum of contributions
         bias = torch.zeros(A.shape[:2], dtype=self.dtype, device=self.device)
+        err = torch.zeros(A.shape[:2], dtype=self.dtype, device=self.device)  # rounding ledger, >= 0
         for node in reversed(self.nodes[: self.index[start] + 1]):
             coeff = pending.pop(node.name, None)
             if extra is not None and node.name in extra:
                 coef_extra, bias_extra = extra[node.name]
+                if coeff is not None:
+                    summed.add(node.name)
                 coeff = coef_extra if coeff is None else coeff + coef_extra
                 bias = bias + bias_extra
+                err = err + rounding.bias_add_error(bias.detach())
             if coeff is None:
                 continue
+            if node.name in summed:
+                err = err + self._sum_error(node.name, coeff, bounds)
             if record is not None and self.rules[node.name].kind != "affine":
                 record[node.name] = coeff.detach()
-            contributions, b = self.backward_step(node, coeff, bounds, None if params is None else params.get(node.name))
+            contributions, b, e = self.backward_step(node, coeff, bounds, None if params is None else params.get(node.name))
             bias = bias + b
+            err = err + e + rounding.bias_add_error(bias.detach())
             for name, A_i in contributions:
-                pending[name] = pending[name] + A_i if name in pending else A_i
-        if record is not None and self.graph.input_name in pending:
-            record[self.graph.input_name] = pending[self.graph.input_name].detach()
-        return pending.get(self.graph.input_name), bias
+                if name in pending:
+                    pending[name] = pending[name] + A_i
+                    summed.add(name)
+                else:
+                    pending[name] = A_i
+        A_in = pending.get(self.graph.input_name)
+        if A_in is not None and self.graph.input_name in summed:
+            err = err + self._sum_error(self.graph.input_name, A_in, bounds)
+        if record is not None and A_in is not None:
+            record[self.graph.input_name] = A_in.detach()
+        return A_in, rounding.subtract(bias, err * rounding.SAFETY)
+
+    def _sum_error(self, name: str, coeff: torch.Tensor, bounds: Bounds) -> torch.Tensor:
+        """Rounding bound of the sums that formed ``coeff`` (the value's bounds give ``|z| <= m``)."""
+        with torch.no_grad():
+            lo, hi = bounds[name]
+            return rounding.sum_error(coeff.detach(), rounding.magnitude(lo, hi).unsqueeze(1))
 
     def backward_step(self, node: Node, A: torch.Tensor, bounds: Bounds, params: dict | None):
-        """One node: the coefficient contributions ``[(input name, A_i)]`` and the bias."""
+        """One node: the coefficient contributions ``[(input name, A_i)]``, the bias and a bound
+        ``[B, S]`` of the step's rounding error (:mod:`genbab.bounds.rounding`)."""
         rule = self.rules[node.name]
         if rule.kind == "affine":
             coeffs, bias = self.affine(node).backward(A)
-            return list(zip(node.inputs, coeffs)), bias
+            with torch.no_grad():
+                err = rounding.affine_error(A.detach(), self.affine_magnitude(node, [bounds[i] for i in node.inputs]))
+            return list(zip(node.inputs, coeffs)), bias, err
         if rule.kind == "elementwise":
             lo, hi = bounds[node.inputs[0]]
-            lines = rule.op.relax(lo.unsqueeze(1), hi.unsqueeze(1), params)
-            coeff, bias = elementwise_backward(A, lines)
-            return [(node.inputs[0], coeff)], bias
+            lines = self.relax(rule.op, lo.unsqueeze(1), hi.unsqueeze(1), params)
+            coeff, bias = elementwise_backward(A, lines, self.backend)
+            with torch.no_grad():
+                detached = type(lines)(*(t.detach() for t in (lines.slope_lower, lines.bias_lower,
+                                                              lines.slope_upper, lines.bias_upper)))
+                err = rounding.elementwise_error(A.detach(), detached, rounding.magnitude(lo, hi).unsqueeze(1))
+            return [(node.inputs[0], coeff)], bias, err
         lx, ux, ly, uy, ix, iy = self.bilinear_operands(node, bounds)
         x_shape, y_shape = self.shapes[node.inputs[ix]], self.shapes[node.inputs[iy]]
         if node.op_type == "MatMul":
@@ -259,4 +336,8 @@ class BoundEngine:
         planes = (relaxed.lower, relaxed.upper)
         step = matmul_backward if node.op_type == "MatMul" else bilinear_backward
         A_x, A_y, bias = step(A, planes, x_shape, y_shape)
-        return [(node.inputs[ix], A_x), (node.inputs[iy], A_y)], bias
+        with torch.no_grad():
+            (lx0, ux0), (ly0, uy0) = bounds[node.inputs[ix]], bounds[node.inputs[iy]]
+            err = rounding.product_error(A.detach(), rounding.magnitude(lx0, ux0), rounding.magnitude(ly0, uy0),
+                                         node.op_type == "MatMul")
+        return [(node.inputs[ix], A_x), (node.inputs[iy], A_y)], bias, err

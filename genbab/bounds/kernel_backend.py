@@ -1,18 +1,20 @@
-"""Which implementation serves the hot bound computations: Triton kernels or PyTorch.
+"""Which implementation serves the hot bound computations, Triton kernels or PyTorch, and the
+routed calls themselves. No process-wide switch: the backend is a field of the engine's
+:class:`~genbab.bounds.config.EngineConfig`, passed to each routed call.
 
-``set_backend("auto" | "triton" | "torch")`` (process-wide, default ``"auto"``):
+:func:`backend_for` ``(device, requested)`` resolves the user's choice for one device:
 
-- ``auto``: Triton for tensors on CUDA devices (when Triton imports), PyTorch elsewhere;
-- ``triton``: Triton everywhere; on the CPU this runs Triton's interpreter and is only allowed
-  when ``TRITON_INTERPRET=1`` is set (tests; far slower than PyTorch), else a clear error;
-- ``torch``: the PyTorch code of :mod:`genbab.bounds` and :mod:`genbab.ops` only.
+- ``auto``: ``"triton"`` on CUDA devices when Triton imports, ``"torch"`` elsewhere;
+- ``triton``: ``"triton"`` on CUDA, and on the CPU only with ``TRITON_INTERPRET=1`` (Triton's
+  interpreter: tests, far slower than PyTorch); otherwise a one-line error;
+- ``torch``: ``"torch"``.
 
-Routed: :func:`genbab.bounds.box.concretize_lower`,
-:func:`genbab.bounds.nonlinear.elementwise_backward` and the S-shaped relaxations
-(:func:`genbab.ops.s_shaped.s_relax`; the relaxation kernel also covers Sin, Cos and GeLU, see
-:func:`relax_or_none`). Results agree with the PyTorch path to float tolerance; the relaxation
-kernel's lines are sound and at least as tight up to that tolerance. The check on the default
-path is two string comparisons and a device-type test.
+Routed (with ``backend == "triton"``): :func:`genbab.bounds.box.concretize_lower`,
+:func:`genbab.bounds.nonlinear.elementwise_backward` and the relaxations of Sigmoid, Tanh,
+Erf, Sin, Cos and GeLU (:func:`relax_lines`). All three kernels are differentiable (the
+relaxation kernel's backward is the gradient of the PyTorch relaxation, recomputed), so
+alpha/beta-CROWN run on either backend. Results agree with the PyTorch path to float
+tolerance; the relaxation kernel's lines are sound and at least as tight up to that tolerance.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ import os
 
 import torch
 
-BACKENDS = ("auto", "triton", "torch")
-_backend = "auto"
+from genbab.errors import GenbabError
+
+REQUESTS = ("auto", "triton", "torch")
 
 
 @functools.lru_cache(maxsize=1)
@@ -36,45 +39,29 @@ def triton_available() -> bool:
         return False
 
 
-def _interpreter_on() -> bool:
+def interpreter_on() -> bool:
+    """Whether ``TRITON_INTERPRET`` asks for Triton's CPU interpreter."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def set_backend(name: str) -> None:
-    """Select the backend (the ``--kernels`` CLI option); raises ValueError / RuntimeError."""
-    global _backend
-    if name not in BACKENDS:
-        raise ValueError(f"kernel backend must be one of {BACKENDS}, got {name!r}")
-    if name == "triton" and not triton_available():
-        raise RuntimeError("--kernels triton: the triton package does not import")
-    _backend = name
+def backend_for(device: torch.device | str, requested: str = "auto") -> str:
+    """``"triton"`` or ``"torch"``: what ``requested`` (``auto``/``triton``/``torch``) means on ``device``.
 
-
-def get_backend() -> str:
-    """The selected backend name."""
-    return _backend
-
-
-def backend_for(device: torch.device | str) -> str:
-    """``"triton"`` or ``"torch"``: what the selected backend uses for tensors on ``device``.
-
-    Raises RuntimeError for ``triton`` on a non-CUDA device without ``TRITON_INTERPRET=1``."""
+    Raises :class:`~genbab.errors.GenbabError` (one line) for an unknown request, ``triton``
+    without the triton package, or ``triton`` on the CPU without ``TRITON_INTERPRET=1``."""
     device = torch.device(device)
-    if _backend == "torch":
+    if requested not in REQUESTS:
+        raise GenbabError(f"kernel backend must be one of {REQUESTS}, got {requested!r}")
+    if requested == "torch":
         return "torch"
-    if _backend == "auto":
+    if requested == "auto":
         return "triton" if device.type == "cuda" and triton_available() else "torch"
-    if device.type == "cuda" or (device.type == "cpu" and _interpreter_on()):
+    if not triton_available():
+        raise GenbabError("--kernels triton: the triton package does not import")
+    if device.type == "cuda" or (device.type == "cpu" and interpreter_on()):
         return "triton"
-    raise RuntimeError(f"kernel backend 'triton' cannot run on {device}: Triton kernels need a CUDA "
-                       "device, or TRITON_INTERPRET=1 (the slow CPU interpreter, meant for tests)")
-
-
-def use_triton(t: torch.Tensor) -> bool:
-    """Cheap per-call check: whether the computation on tensor ``t`` goes to a Triton kernel."""
-    if _backend == "torch" or (_backend == "auto" and t.device.type != "cuda"):
-        return False
-    return backend_for(t.device) == "triton"
+    raise GenbabError(f"kernel backend 'triton' cannot run on {device}: Triton kernels need a CUDA "
+                      "device, or TRITON_INTERPRET=1 (the slow CPU interpreter, meant for tests)")
 
 
 # ----------------------------------------------------------------------------- routed calls
@@ -88,24 +75,23 @@ def concretize_lower(A: torch.Tensor, bias: torch.Tensor, lower: torch.Tensor,
 
 
 def elementwise_backward(A: torch.Tensor, lines) -> tuple[torch.Tensor, torch.Tensor]:
-    """One backward step through a :class:`~genbab.ops.relaxation.Relaxation` by the fused kernel."""
+    """One backward step through a :class:`~genbab.ops.relaxation.Relaxation` by the fused kernel
+    (autograd for ``A`` and the lines)."""
     from genbab.kernels.elementwise_backward import elementwise_backward as kernel
     return kernel(A, lines.slope_lower, lines.bias_lower, lines.slope_upper, lines.bias_upper)
 
 
-def relax_or_none(op_name: str, l: torch.Tensor, u: torch.Tensor, params=None, **attrs):
-    """The relaxation kernel's lines for ``op_name`` (Sigmoid, Tanh, Erf, Sin, Cos, Gelu) when the
-    backend picks Triton for ``l`` and no gradient is needed; ``None`` otherwise (use PyTorch).
+def kernel_relaxes(op) -> bool:
+    """Whether the relaxation kernel covers the elementwise op ``op`` (by its name)."""
+    from genbab.kernels.relax import SUPPORTED
+    return op.name in SUPPORTED
 
-    The kernel has no backward: under autograd with parameters that require grad (the
-    alpha-CROWN optimisation) the PyTorch path serves the call."""
-    if not use_triton(l):
-        return None
-    if params and torch.is_grad_enabled() and any(p.requires_grad for p in params.values()):
-        return None
-    if torch.is_grad_enabled() and (l.requires_grad or u.requires_grad):
-        return None
-    from genbab.kernels.relax import SUPPORTED, relax_triton
-    if op_name not in SUPPORTED:
-        return None
-    return relax_triton(op_name, l, u, params, **attrs)
+
+def relax_lines(op, l: torch.Tensor, u: torch.Tensor, params=None, backend: str = "torch"):
+    """The relaxation of the :class:`~genbab.ops.relaxation.ElementwiseOp` ``op`` on ``[l, u]``:
+    the kernel's lines (differentiable in ``l``, ``u`` and ``params``) when ``backend`` is
+    ``"triton"`` and the kernel covers ``op``, else ``op.relax`` (PyTorch)."""
+    if backend == "triton" and kernel_relaxes(op):
+        from genbab.kernels.relax import relax
+        return relax(op.name, l, u, params, **op.attrs)
+    return op.relax(l, u, params)

@@ -65,10 +65,12 @@ def elementwise_backward_reference(A: torch.Tensor, lines: Relaxation) -> tuple[
     return coeff, bias.reshape(A.shape[0], A.shape[1], -1).sum(-1)
 
 
-def elementwise_backward(A: torch.Tensor, lines: Relaxation) -> tuple[torch.Tensor, torch.Tensor]:
+def elementwise_backward(A: torch.Tensor, lines: Relaxation, backend: str = "torch"
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """``A`` ``[B, S, *shape]`` through ``h``: new coefficients ``A+ s_l + A- s_u`` on ``z`` and
-    the bias ``sum(A+ b_l + A- b_u)`` ``[B, S]`` (a mat-vec where :func:`_bias_sum` allows)."""
-    if kernel_backend.use_triton(A):
+    the bias ``sum(A+ b_l + A- b_u)`` ``[B, S]`` (a mat-vec where :func:`_bias_sum` allows; the
+    fused kernel with ``backend="triton"``)."""
+    if backend == "triton":
         return kernel_backend.elementwise_backward(A, lines)
     pos, neg = A.clamp(min=0), A.clamp(max=0)
     coeff = pos * lines.slope_lower

@@ -215,6 +215,25 @@ def _compare_converter(greater: bool):
     return convert
 
 
+class Elementwise(torch.nn.Module):
+    """A unary ONNX op that is one torch function (``torch.sinh``, ``torch.nn.functional.mish``...)."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.name = name
+        self.fn = getattr(torch, name, None) or getattr(F, name)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+
+def _elementwise_converter(name: str):
+    def convert(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+        return OperationConverterResult(torch_module=Elementwise(name),
+                                        onnx_mapping=OnnxMapping(inputs=node.input_values, outputs=node.output_values))
+    return convert
+
+
 def _same_as(op_type: str, version: int, refuse=None):
     """The translator of an older version (whose semantics the new one keeps for real tensors);
     ``refuse(node)`` may name an attribute value the old translator would ignore."""
@@ -238,7 +257,9 @@ def _opset18_table() -> dict[tuple[str, int], object]:
                   ("Resize", 18): convert_resize, ("Resize", 19): convert_resize,
                   ("GreaterOrEqual", 12): _compare_converter(True), ("GreaterOrEqual", 16): _compare_converter(True),
                   ("LessOrEqual", 12): _compare_converter(False), ("LessOrEqual", 16): _compare_converter(False),
-                  ("AveragePool", 19): _same_as("AveragePool", 11, _dilated)})
+                  ("AveragePool", 19): _same_as("AveragePool", 11, _dilated),
+                  ("Sinh", 9): _elementwise_converter("sinh"), ("Cosh", 9): _elementwise_converter("cosh"),
+                  ("Mish", 18): _elementwise_converter("mish")})
     for op, old, new in (("Cast", 13, 19), ("Cast", 13, 21), ("Constant", 13, 19), ("Constant", 13, 21),
                          ("Equal", 13, 19), ("Identity", 16, 19), ("Identity", 16, 21), ("Reshape", 14, 19),
                          ("Reshape", 14, 21), ("Shape", 15, 19), ("Shape", 15, 21), ("ConstantOfShape", 9, 20),

@@ -1,25 +1,33 @@
 """``load_model``: from an ONNX file to a :class:`~genbab.model.model.Model`.
 
-Pipeline: read (gz-aware) -> fix the input shape -> name nodes -> upgrade opsets older than 11
--> unroll LSTM/GRU into primitive ops -> check every op has a translator (one error listing all
-that do not) -> ``onnx2torch.convert`` -> fold constants and shape arithmetic into a Graph.
+Pipeline: read (gz-aware) -> the graph cache (:mod:`genbab.model.cache`; a hit ends here, with
+neither onnx nor onnx2torch imported) -> fix the input shape -> name nodes -> upgrade opsets
+older than 11 -> unroll LSTM/GRU into primitive ops -> check every op has a translator (one error
+listing all that do not) -> ``onnx2torch.convert`` -> fold constants and shape arithmetic into a
+Graph -> store it in the cache.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
+import types
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import onnx
 import torch
-from onnx import helper
 
 from genbab.errors import GenbabError, ModelError, UnsupportedOpError
-from genbab.model import onnx_io
-from genbab.model.converters import register_converters
-from genbab.model.graph import build_graph
+from genbab.model import cache
+from genbab.model.files import read_bytes
 from genbab.model.model import Model
+
+if TYPE_CHECKING:
+    import onnx
+
+    from genbab.model import onnx_io
 
 # onnx2torch's Slice indexes with a list; torch warns about a future change. Our tests pin the
 # translated values against onnxruntime for every shared model, so the warning is noise here.
@@ -28,10 +36,30 @@ warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multid
 TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16}
 
 
-def load_model(path: str | Path) -> Model:
-    """Load an ONNX model file (``.onnx`` or ``.onnx.gz``) into a batched, verification-ready Model."""
-    raw = onnx_io.read_bytes(path)
-    model = onnx_io.read_onnx(path)
+def load_model(path: str | Path, use_cache: bool = True) -> Model:
+    """Load an ONNX model file (``.onnx`` or ``.onnx.gz``) into a batched, verification-ready Model.
+
+    ``use_cache``: read the folded graph from the graph cache when an entry for these bytes
+    exists, and store it there after a translation (``GENBAB_CACHE_DIR=off`` turns both off)."""
+    raw = read_bytes(path)
+    if use_cache:
+        cached = cache.load(raw, str(path))
+        if cached is not None:
+            return cached
+    result = translate_model(raw, path)
+    if use_cache:
+        cache.store(result, raw)
+    return result
+
+
+def translate_model(raw: bytes, path: str | Path) -> Model:
+    """The uncached pipeline: parse ``raw`` with onnx, translate with onnx2torch, fold."""
+    from onnx import helper
+
+    from genbab.model import onnx_io
+    from genbab.model.graph import build_graph
+
+    model = onnx_io.parse_onnx(raw, path)
     info = onnx_io.model_input(model)
     prepared, original_names = prepare(model, info)
     gm = translate(prepared)
@@ -54,6 +82,10 @@ def load_model(path: str | Path) -> Model:
 
 def prepare(model: onnx.ModelProto, info: onnx_io.InputInfo) -> tuple[onnx.ModelProto, dict[str, str]]:
     """Static shapes, identifier node names, an opset onnx2torch translates, no recurrent ops."""
+    import onnx
+
+    from genbab.model import onnx_io
+
     model = onnx.ModelProto.FromString(model.SerializeToString())
     onnx_io.fix_input_shape(model, info)
     if onnx_io.default_opset(model) < onnx_io.MIN_TRANSLATABLE_OPSET:
@@ -69,8 +101,10 @@ def prepare(model: onnx.ModelProto, info: onnx_io.InputInfo) -> tuple[onnx.Model
 
 def check_supported(model: onnx.ModelProto, original_names: dict[str, str]) -> None:
     """Raise one UnsupportedOpError naming every op type (and its nodes) that nothing translates."""
-    from onnx2torch.node_converters.registry import get_converter
+    with _torchvision_deferred():
+        from onnx2torch.node_converters.registry import get_converter
 
+        from genbab.model.converters import register_converters
     register_converters()
     versions = {imp.domain or "": imp.version for imp in model.opset_import}
     missing: dict[str, list[str]] = {}
@@ -86,8 +120,10 @@ def check_supported(model: onnx.ModelProto, original_names: dict[str, str]) -> N
 
 def translate(model: onnx.ModelProto) -> torch.fx.GraphModule:
     """``onnx2torch.convert`` with its failures turned into one-line ModelErrors."""
-    import onnx2torch
+    with _torchvision_deferred():
+        import onnx2torch
 
+        from genbab.model.converters import register_converters
     register_converters()
     try:
         with warnings.catch_warnings():
@@ -100,3 +136,41 @@ def translate(model: onnx.ModelProto) -> torch.fx.GraphModule:
         raise UnsupportedOpError(f"cannot translate model: {err}") from None
     except Exception as err:
         raise ModelError(f"cannot translate model ({type(err).__name__}: {err})") from None
+
+
+@contextlib.contextmanager
+def _torchvision_deferred():
+    """Import onnx2torch without importing torchvision (~1.5 s, torch._dynamo included).
+
+    onnx2torch imports torchvision only for its NMS and RoiAlign converters, ops genbab never
+    bounds. While this context is open, ``torchvision`` and ``torchvision.ops`` resolve to
+    placeholders whose functions import the real ``torchvision.ops`` when first *called*; the
+    placeholders leave ``sys.modules`` afterwards, so a later ``import torchvision`` is the real
+    one. Does nothing when torchvision is already imported."""
+    if "torchvision" in sys.modules:
+        yield
+        return
+
+    def deferred(name: str):
+        if name.startswith("__"):  # module protocol (__file__, __spec__...): a plain missing attribute
+            raise AttributeError(name)
+
+        def call(*args, **kwargs):
+            import importlib
+
+            return getattr(importlib.import_module("torchvision.ops"), name)(*args, **kwargs)
+        call.__name__ = name
+        return call
+
+    ops = types.ModuleType("torchvision.ops")
+    ops.__getattr__ = deferred  # PEP 562: torchvision.ops.<name> is a deferred function
+    top = types.ModuleType("torchvision")
+    top.ops = ops
+    top.__path__ = []  # a package, so that ``from torchvision.ops import x`` resolves
+    sys.modules["torchvision"], sys.modules["torchvision.ops"] = top, ops
+    try:
+        yield
+    finally:
+        for name in ("torchvision", "torchvision.ops"):
+            if sys.modules.get(name) in (top, ops):
+                del sys.modules[name]

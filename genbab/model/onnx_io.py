@@ -9,7 +9,6 @@ indexes), node names are made unique identifiers, old opsets (< 11) are upgraded
 
 from __future__ import annotations
 
-import gzip
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,9 +17,10 @@ import onnx
 from onnx import helper
 
 from genbab.errors import ModelError
+from genbab.model.files import GZIP_MAGIC, read_bytes  # noqa: F401  (re-exported)
 
-GZIP_MAGIC = b"\x1f\x8b"
 MIN_TRANSLATABLE_OPSET = 11
+MAX_INPUT_ELEMENTS = 2**27  # per sample; refused before a probe run tries to allocate it
 UPGRADE_OPSET = 13
 
 
@@ -33,26 +33,13 @@ class InputInfo:
     dtype: np.dtype
 
 
-def read_bytes(path: str | Path) -> bytes:
-    """File contents, gunzipped when the file starts with the gzip magic bytes."""
-    path = Path(path)
-    if path.exists() and not path.is_file():  # a FIFO or device would block the read until the deadline
-        raise ModelError(f"{path}: not a regular file")
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise ModelError(f"{path}: cannot read model file ({err.strerror or err})") from None
-    if data[:2] == GZIP_MAGIC:
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, ValueError) as err:
-            raise ModelError(f"{path}: corrupt gzip data ({err})") from None
-    return data
-
-
 def read_onnx(path: str | Path) -> onnx.ModelProto:
     """Parse an ONNX model file (``.onnx`` or ``.onnx.gz``)."""
-    data = read_bytes(path)
+    return parse_onnx(read_bytes(path), path)
+
+
+def parse_onnx(data: bytes, path: str | Path = "model") -> onnx.ModelProto:
+    """Parse the (gunzipped) bytes of an ONNX model read from ``path`` (named in errors)."""
     if not data:
         raise ModelError(f"{path}: empty model file")
     try:
@@ -61,7 +48,48 @@ def read_onnx(path: str | Path) -> onnx.ModelProto:
         raise ModelError(f"{path}: not a valid ONNX model ({type(err).__name__})") from None
     if not model.graph.node and not model.graph.output:
         raise ModelError(f"{path}: not a valid ONNX model (no graph)")
+    check_structure(model, path)
     return model
+
+
+MAX_OPSET_VERSION = 2**31 - 1  # onnx's schema lookups take a C int
+
+
+def check_structure(model: onnx.ModelProto, path: str | Path = "model") -> None:
+    """Refuse what no ONNX runtime accepts and later steps would trip over with an obscure error:
+    operator-set versions outside a C int, a tensor defined twice, and a node input or graph output
+    that nothing defines (the main graph only; subgraphs may read outer names)."""
+    for imp in model.opset_import:
+        if not 0 <= imp.version <= MAX_OPSET_VERSION:
+            raise ModelError(f"{path}: not a valid ONNX model (operator set {imp.domain or 'ai.onnx'!r} has "
+                             f"version {imp.version})")
+    graph = model.graph
+    texts = [imp.domain for imp in model.opset_import] + [v.name for v in (*graph.input, *graph.output)]
+    texts += [i.name for i in graph.initializer]
+    for node in graph.node:
+        texts += [node.op_type, node.domain, node.name, *node.input, *node.output]
+    bad = next((t for t in texts if not isinstance(t, str)), None)
+    if bad is not None:  # protobuf hands out a string field that is not valid UTF-8 as bytes
+        raise ModelError(f"{path}: not a valid ONNX model (a name is not valid UTF-8: {bytes(bad)[:40]!r})")
+    defined: set[str] = set()
+    for name in [i.name for i in graph.initializer] + [o for n in graph.node for o in n.output if o]:
+        if name in defined:
+            raise ModelError(f"{path}: not a valid ONNX model (tensor {_short(name)} is defined twice)")
+        defined.add(name)
+    defined.update(i.name for i in graph.input)
+    for idx, node in enumerate(graph.node):
+        for name in node.input:
+            if name and name not in defined:
+                raise ModelError(f"{path}: not a valid ONNX model (node {idx} ({_short(node.op_type)}) reads "
+                                 f"tensor {_short(name)}, which nothing defines)")
+    for out in graph.output:
+        if out.name not in defined:
+            raise ModelError(f"{path}: not a valid ONNX model (graph output {_short(out.name)} is not computed)")
+
+
+def _short(name: str, limit: int = 60) -> str:
+    """A printable one-line rendering of a (possibly hostile) tensor or op name."""
+    return ascii(name[:limit]) + ("..." if len(name) > limit else "")
 
 
 def default_opset(model: onnx.ModelProto) -> int:
@@ -83,6 +111,10 @@ def model_input(model: onnx.ModelProto) -> InputInfo:
     if not tt.HasField("shape"):
         raise ModelError(f"model input {inputs[0].name!r} has no shape")
     shape = tuple(int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in tt.shape.dim)
+    size = int(np.prod(shape, dtype=object)) if shape else 1
+    if size > MAX_INPUT_ELEMENTS:
+        raise ModelError(f"model input {inputs[0].name!r} has {size} elements per sample (shape {list(shape)[:8]}), "
+                         f"more than genbab handles ({MAX_INPUT_ELEMENTS})")
     try:
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))
     except Exception:

@@ -165,10 +165,6 @@ def project_params_gelu(params: Params, l: Tensor, u: Tensor,
 def relax_gelu(l: Tensor, u: Tensor, params: Params | None = None,
                approximate: str = "none") -> Relaxation:
     """Tangent / chord relaxation of GeLU (see the module docstring)."""
-    from genbab.bounds import kernel_backend  # here: genbab.bounds imports genbab.ops
-    lines = kernel_backend.relax_or_none("Gelu", l, u, params, approximate=approximate)  # Triton on CUDA
-    if lines is not None:
-        return lines
     form = FORMS[approximate]
     l64, u64 = to64(l, u)
     regions = form.regions(l64, u64)

@@ -15,7 +15,10 @@ Anything else raises :class:`~genbab.errors.UnsupportedOpError` naming the node.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+import torch
 
 from genbab.errors import UnsupportedOpError
 from genbab.model.graph import InputRef, Node
@@ -62,10 +65,10 @@ def dependent_positions(node: Node) -> list[int]:
 
 def elementwise_table() -> dict[str, ElementwiseOp]:
     """Every elementwise op, merged from the op-family modules' ``OPS`` tables."""
-    from genbab.ops import exp_log, gelu, power, relu, s_shaped, trig
+    from genbab.ops import activations, exp_log, gelu, piecewise, power, relu, s_shaped, trig
 
     table: dict[str, ElementwiseOp] = {}
-    for module in (relu, s_shaped, trig, gelu, exp_log, power):
+    for module in (relu, s_shaped, trig, gelu, exp_log, power, activations, piecewise):
         table.update(module.OPS)
     return table
 
@@ -93,8 +96,45 @@ def rule_for(node: Node) -> NodeRule:
                              f"(dependent inputs at positions {positions})")
 
 
+# Float ONNX attributes bound as they are, with the ONNX defaults.
+FLOAT_ATTRIBUTES: dict[str, dict[str, float]] = {
+    "Elu": {"alpha": 1.0},
+    "Selu": {"alpha": 1.67326319217681884765625, "gamma": 1.05070102214813232421875},
+    "HardSigmoid": {"alpha": 0.2, "beta": 0.5},
+}
+
+
+def clip_bounds(node: Node) -> tuple[float, float]:
+    """Constant ``(min, max)`` of a Clip node: attributes (opset < 11) or, from opset 11 on,
+    the constant inputs, which onnx2torch folds into its module (``OnnxClip`` or, for
+    ``[0, inf)`` / ``[0, 6]`` / no bounds, ``ReLU`` / ``ReLU6`` / ``Identity``)."""
+    attrs, module = node.attrs, node.module
+    if "min" in attrs or "max" in attrs:
+        return float(attrs.get("min", -math.inf)), float(attrs.get("max", math.inf))
+    consts = list(node.args[1:3])
+    if consts and not all(a is None or hasattr(a, "numel") for a in consts):
+        raise UnsupportedOpError(f"Clip node {node.onnx_name!r}: min / max must be constants")
+    if consts:
+        vals = [None if a is None or a.numel() == 0 else float(a.reshape(-1)[0]) for a in consts]
+        vals += [None] * (2 - len(vals))
+    else:
+        vals = [getattr(module, "min_val", None), getattr(module, "max_val", None)]
+        if isinstance(module, torch.nn.ReLU6):
+            vals = [0.0, 6.0]
+        elif isinstance(module, torch.nn.ReLU):
+            vals = [0.0, None]
+    lo, hi = (v if v is not None else d for v, d in zip(vals, (-math.inf, math.inf)))
+    return float(lo), float(hi)
+
+
 def bind_attributes(op: ElementwiseOp, node: Node) -> ElementwiseOp:
-    """Bind the ONNX attributes an elementwise op needs (LeakyRelu alpha, Pow exponent, Gelu form)."""
+    """Bind the ONNX attributes an elementwise op needs (LeakyRelu alpha, Pow exponent, Gelu
+    form, the float attributes of :data:`FLOAT_ATTRIBUTES`, Clip's constant bounds)."""
+    if node.op_type in FLOAT_ATTRIBUTES:
+        return op.bind(**{k: float(node.attrs.get(k, d)) for k, d in FLOAT_ATTRIBUTES[node.op_type].items()})
+    if node.op_type == "Clip":
+        lo, hi = clip_bounds(node)
+        return op.bind(min=lo, max=hi)
     if node.op_type == "LeakyRelu":
         return op.bind(alpha=float(node.attrs.get("alpha", 0.01)))
     if node.op_type == "Pow":

@@ -91,10 +91,6 @@ def s_project_params(op: SShapedOp, params: Params, l: Tensor, u: Tensor) -> Par
 
 def s_relax(op: SShapedOp, l: Tensor, u: Tensor, params: Params | None = None) -> Relaxation:
     """Tangent / chord relaxation of an S-shaped op on ``[l, u]`` (see module docstring)."""
-    from genbab.bounds import kernel_backend  # here: genbab.bounds imports genbab.ops
-    lines = kernel_backend.relax_or_none(op.name, l, u, params)
-    if lines is not None:
-        return lines
     l64, u64 = to64(l, u)
     regions = op.regions()
     cut = torch.full_like(l64, op.c)

@@ -115,10 +115,6 @@ def project_params_trig(op: TrigOp, params: Params, l: Tensor, u: Tensor) -> Par
 
 def relax_trig(op: TrigOp, l: Tensor, u: Tensor, params: Params | None = None) -> Relaxation:
     """Tangent / chord lines, or the constant lines of the image (see the module docstring)."""
-    from genbab.bounds import kernel_backend  # here: genbab.bounds imports genbab.ops
-    lines = kernel_backend.relax_or_none(op.name, l, u, params)  # the Triton kernel on CUDA
-    if lines is not None:
-        return lines
     l64, u64 = to64(l, u)
     c1, n_inf, regions = _structure(op, l64, u64)
     s_lo, b_lo, s_up, b_up = curvature_lines(op.curve, l64, u64, regions["tangent_lower"],

@@ -52,6 +52,14 @@ MAX_CASES = 10**6
 """Largest number of DNF cases accepted before the expansion is refused."""
 MAX_INDEX = 10**7
 """Largest variable index accepted in a declaration."""
+MAX_DEPTH = 100_000
+"""Deepest parenthesis nesting accepted (real properties nest a handful of levels)."""
+MAX_ALTERNATIONS = 1_000
+"""Most and/or alternations on one path: the DNF of ``(or a (and b (or c ...)))`` grows quadratically
+with them (nesting of one operator is flattened and costs linear time)."""
+MAX_ELEMENTS = 2**27
+"""Largest number of float64 values (1 GiB) of one tensor of the result; a property past it is refused
+instead of exhausting memory (e.g. ``Y_9999999`` declared and a few hundred output cases)."""
 
 _NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _RUN = r"(?:\(\s*+[<>=][^();]*+\)\s*+)++"
@@ -111,6 +119,33 @@ class _Frame:
     pos: int
     head: str | None = None
     args: list = field(default_factory=list)
+    logic: str | None = None  # the innermost and/or at or above this frame
+    alternations: int = 0  # and/or changes from the assert down to this frame
+
+
+@dataclass
+class _Flat:
+    """The arguments of an ``and``/``or`` nested directly in the same operator: the parent splices
+    them in, so ``(or a (or b (or c ...)))`` costs linear time, not quadratic."""
+
+    values: list
+
+
+def _flatten(values: list) -> list:
+    """``values`` with every :class:`_Flat` replaced by its own values, in order (no recursion)."""
+    if not any(isinstance(v, _Flat) for v in values):
+        return values
+    out: list = []
+    todo = [iter(values)]
+    while todo:
+        for v in todo[-1]:
+            if isinstance(v, _Flat):
+                todo.append(iter(v.values))
+                break
+            out.append(v)
+        else:
+            todo.pop()
+    return out
 
 
 @dataclass
@@ -223,12 +258,14 @@ class _Parser:
             if group == 1:
                 self.run(stack, m.start(1), m.end(1))
             elif group == 2:
+                if len(stack) >= MAX_DEPTH:
+                    raise self.error(m.start(2), f"parentheses nested more than {MAX_DEPTH} deep")
                 stack.append(_Frame(m.start(2)))
             elif group == 3:
                 if not stack:
                     raise self.error(m.start(3), "unbalanced parenthesis: unexpected ')'")
                 frame = stack.pop()
-                value = self.close(frame, top=not stack)
+                value = self.close(frame, top=not stack, parent=stack[-1].head if stack else None)
                 if stack:
                     stack[-1].args.append(value)
             elif group == 4:
@@ -262,6 +299,14 @@ class _Parser:
         if frame.head is None:
             self.check_head(tok, pos, top=len(stack) == 1)
             frame.head = tok
+            if len(stack) > 1:
+                parent = stack[-2]
+                frame.logic, frame.alternations = parent.logic, parent.alternations
+                if tok in _LOGIC_OPS:
+                    frame.alternations += parent.logic is not None and parent.logic != tok
+                    frame.logic = tok
+                    if frame.alternations > MAX_ALTERNATIONS:
+                        raise self.error(pos, f"'and' and 'or' alternate more than {MAX_ALTERNATIONS} levels deep")
         elif frame.head == "declare-const":
             frame.args.append((tok, pos))
         elif frame.head not in _IGNORED_COMMANDS:
@@ -301,8 +346,8 @@ class _Parser:
         return value
 
     # -- closing a parenthesis ------------------------------------------------------------
-    def close(self, frame: _Frame, top: bool):
-        """Reduce a complete ``( head args... )`` to its value."""
+    def close(self, frame: _Frame, top: bool, parent: str | None = None):
+        """Reduce a complete ``( head args... )`` to its value (``parent``: the enclosing head)."""
         head = frame.head
         if head is None:
             raise self.error(frame.pos, "empty parentheses '()'")
@@ -314,6 +359,9 @@ class _Parser:
             return self.nested_leaf(atoms)
         if head in _LOGIC_OPS:
             values = [self.formula_arg(frame, a) for a in frame.args]
+            if parent == head:
+                return _Flat(values)
+            values = _flatten(values)
             if head == "and":
                 return _conjoin(values, self.limit_error)
             return _disjoin(values, self.limit_error)
@@ -418,6 +466,8 @@ class _Parser:
         diff = _lin_sum([a, b], [1.0, -1.0])
         coefs = {v: c for v, c in diff.coefs.items() if c != 0.0}
         rhs = -diff.const
+        if not math.isfinite(rhs) or not all(map(math.isfinite, coefs.values())):
+            raise self.error(where, "number out of range: the arithmetic of this comparison overflows")
         if not coefs:
             return [] if _const_holds(rhs, sense) else None
         kinds = {k for k, _ in coefs}
@@ -733,10 +783,19 @@ def _case_rows(t: _Tables, common_rows: np.ndarray, case_of: np.ndarray, atoms: 
     return case, slot, row
 
 
-def _row_matrix(row_ids: dict[tuple, int], n_outputs: int) -> tuple[np.ndarray, np.ndarray]:
+def _check_size(count: int, what: str, name: str) -> None:
+    """Refuse a result tensor of more than :data:`MAX_ELEMENTS` values before allocating it."""
+    if count > MAX_ELEMENTS:
+        raise SpecError(f"{name}: the property is too large: its {what} would need {count} values"
+                        f" (at most {MAX_ELEMENTS})")
+
+
+def _row_matrix(row_ids: dict[tuple, int], n_outputs: int,
+                name: str = "<vnnlib>") -> tuple[np.ndarray, np.ndarray]:
     """Dense ``[n_rows + 1, n_outputs]`` rows and right-hand sides; the last row, the padding of
     short cases, is ``0 . y <= 1``: true of every output with a strictly negative margin, so a
     case with fewer rows (or none: ``(assert (and))``) can still be witnessed."""
+    _check_size((len(row_ids) + 1) * n_outputs, "distinct output constraints", name)
     mat = np.zeros((len(row_ids) + 1, n_outputs))
     rhs = np.zeros(len(row_ids) + 1)
     rhs[-1] = 1.0
@@ -748,15 +807,17 @@ def _row_matrix(row_ids: dict[tuple, int], n_outputs: int) -> tuple[np.ndarray, 
 
 
 def _output_rows(t: _Tables, row_ids: dict[tuple, int], n_outputs: int, common_rows: np.ndarray,
-                 keep: np.ndarray, case_of: np.ndarray,
-                 atoms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                 keep: np.ndarray, case_of: np.ndarray, atoms: np.ndarray,
+                 name: str = "<vnnlib>") -> tuple[np.ndarray, np.ndarray]:
     """Padded ``C`` ``[n_kept, n_rows, n_outputs]`` and ``d`` of the kept cases."""
     n_kept = int(keep.sum())
     sel = keep[case_of]
     renumber = np.cumsum(keep) - 1
     case, slot, row = _case_rows(t, common_rows, renumber[case_of[sel]], atoms[sel], n_kept)
-    mat, rhs = _row_matrix(row_ids, n_outputs)
-    row_index = np.full((n_kept, max(1, int(slot.max(initial=0)) + 1)), len(mat) - 1)
+    width = max(1, int(slot.max(initial=0)) + 1)
+    _check_size(n_kept * width * n_outputs, f"{n_kept} cases x {width} rows x {n_outputs} outputs", name)
+    mat, rhs = _row_matrix(row_ids, n_outputs, name)
+    row_index = np.full((n_kept, width), len(mat) - 1)
     row_index[case, slot] = row
     return mat[row_index], rhs[row_index]
 
@@ -771,12 +832,13 @@ def _build_spec(parser: _Parser, run_piece: np.ndarray, formula: Conj | _Dnf, n_
     unbounded = (np.full(n_inputs, -np.inf), np.full(n_inputs, np.inf))
     base_lo, base_up = _boxes(t, com_case, com_atoms, 1, unbounded)
     cases = [] if com_false[0] else formula.cases
+    _check_size(len(cases) * n_inputs, f"input boxes ({len(cases)} cases x {n_inputs} inputs)", parser.name)
     case_of, atoms, false = t.expand(cases)
     lower, upper = _boxes(t, case_of, atoms, len(cases), (base_lo[0], base_up[0]))
     keep = ~false & (lower <= upper).all(axis=1)
     _check_finite(lower[keep], upper[keep], parser.name)
     common_rows = t.idx[com_atoms[t.kind[com_atoms] == _ROW]]
-    C, d = _output_rows(t, parser.store.row_ids, n_outputs, common_rows, keep, case_of, atoms)
+    C, d = _output_rows(t, parser.store.row_ids, n_outputs, common_rows, keep, case_of, atoms, parser.name)
     return Spec(lower=torch.from_numpy(np.ascontiguousarray(lower[keep])),
                 upper=torch.from_numpy(np.ascontiguousarray(upper[keep])),
                 C=torch.from_numpy(C), d=torch.from_numpy(d))
@@ -802,8 +864,12 @@ def parse_vnnlib_text(text: str, n_inputs: int | None = None, n_outputs: int | N
 
 def _read_text(path: Path) -> str:
     """File contents as text, gunzipped when it starts with the gzip magic bytes."""
-    name = path.name
-    if path.exists() and not path.is_file():  # a FIFO or device would block the read
+    name = path.name if len(path.name) <= 80 else path.name[:80] + "..."
+    try:
+        irregular = path.exists() and not path.is_file()
+    except OSError as exc:  # e.g. ENAMETOOLONG, which exists() does not swallow
+        raise SpecError(f"{name}: cannot read file: {exc.strerror or exc}") from None
+    if irregular:  # a FIFO or device would block the read
         raise SpecError(f"{name}: not a regular file")
     try:
         raw = path.read_bytes()

@@ -65,7 +65,11 @@ class Query:
 
 def read_query_text(path: Path) -> str:
     """The query's text (gunzipped when it starts with the gzip magic bytes)."""
-    if Path(path).exists() and not Path(path).is_file():  # a FIFO or device would block the read
+    try:
+        irregular = Path(path).exists() and not Path(path).is_file()
+    except OSError as err:  # e.g. ENAMETOOLONG, which exists() does not swallow
+        raise QueryError(f"{_shown_name(path)}: cannot read query ({err.strerror or err})") from None
+    if irregular:  # a FIFO or device would block the read
         raise SpecError(f"{Path(path).name}: not a regular file")
     try:
         raw = Path(path).read_bytes()
@@ -74,6 +78,12 @@ def read_query_text(path: Path) -> str:
         return raw.decode("utf-8")
     except (OSError, EOFError, zlib.error, UnicodeDecodeError) as err:
         raise QueryError(f"{path}: cannot read query ({type(err).__name__}: {err})") from None
+
+
+def _shown_name(path, limit: int = 80) -> str:
+    """The file name for a message, shortened when it is very long."""
+    name = Path(path).name
+    return name if len(name) <= limit else name[:limit] + "..."
 
 
 def is_vnnlib2(path: Path) -> bool:
@@ -89,6 +99,23 @@ def is_vnnlib2(path: Path) -> bool:
     return False
 
 
+MAX_DEPTH = 5000
+"""Deepest parenthesis nesting accepted: the vnnlib parser recurses in C++ and crashes the process
+(segmentation fault) somewhere between 30 000 and 100 000 levels."""
+
+
+def nesting_depth(text: str) -> int:
+    """Deepest parenthesis nesting of the text, comments skipped (an upper bound: string literals count)."""
+    import re
+
+    import numpy as np
+
+    code = re.sub(r";[^\n]*", "", text).encode("utf-8", errors="replace")
+    raw = np.frombuffer(code, dtype=np.uint8)
+    steps = (raw == ord("(")).astype(np.int32) - (raw == ord(")")).astype(np.int32)
+    return int(np.cumsum(steps).max(initial=0))
+
+
 def declaration(decl) -> Declaration:
     dtype = getattr(decl.dtype, "name", str(decl.dtype).split(".")[-1])
     return Declaration(decl.name, DTYPE_NAMES.get(dtype, dtype.lower()), tuple(int(d) for d in decl.shape))
@@ -101,6 +128,9 @@ def load_query(path: Path) -> Query:
     except ImportError:
         raise QueryError("VNN-LIB 2.0 queries need the vnnlib package: pip install vnnlib") from None
     text = read_query_text(path)
+    depth = nesting_depth(text)
+    if depth > MAX_DEPTH:
+        raise QueryError(f"{Path(path).name}: parentheses nested {depth} deep, more than genbab reads ({MAX_DEPTH})")
     try:
         query = vnnlib.parse_query_string(text)
     except Exception as err:  # VNNLibException and the binding's own errors
@@ -115,6 +145,9 @@ def load_query(path: Path) -> Query:
         raise QueryError(f"{Path(path).name}: constraints on hidden nodes are not supported")
     inp, out = declaration(net.inputs[0]), declaration(net.outputs[0])
     name = Path(path).name
+    for decl in (inp, out):
+        if decl.size > MAX_ELEMENTS:
+            raise QueryError(f"{name}: {decl.name} declares {decl.size} elements, more than genbab reads ({MAX_ELEMENTS})")
     try:
         spec, strict = build_cases(query.assertions, inp, out)
     except QueryError as err:
@@ -125,6 +158,7 @@ def load_query(path: Path) -> Query:
 
 
 MAX_CASES = 200_000
+MAX_ELEMENTS = 2**27  # float64 values (1 GiB) in one declaration or one tensor of the result
 # an atom: sum(coeff * var) <= bound (or < bound when strict); var = ("X"|"Y", flat index)
 Atom = tuple[dict[tuple[str, int], float], float, bool]
 
@@ -164,6 +198,8 @@ def atoms(comparison, inp: Declaration, out: Declaration) -> list[Atom]:
             key = variable(term.var, inp, out)
             coeffs[key] = coeffs.get(key, 0.0) + sign * term.coeff
     coeffs = {k: v for k, v in coeffs.items() if v != 0.0}
+    if not math.isfinite(const) or not all(map(math.isfinite, coeffs.values())):
+        raise QueryError("number out of range: the arithmetic of a comparison overflows")
     strict = kind in ("LessThan", "GreaterThan")
     less = (coeffs, -const, strict)  # lhs - rhs <= 0
     greater = ({k: -v for k, v in coeffs.items()}, const, strict)  # rhs - lhs <= 0
@@ -233,6 +269,9 @@ def stack_cases(cases: list, n_in: int, n_out: int) -> tuple[Spec, Strictness]:
     satisfies strictly (so a short case, or one with no output constraint, can be witnessed)."""
     k = len(cases)
     width = max((len(c[4]) for c in cases), default=1) or 1
+    if k * width * n_out > MAX_ELEMENTS or k * n_in > MAX_ELEMENTS:
+        raise QueryError(f"the property is too large: {k} cases x {width} rows x {n_out} outputs, {n_in} inputs "
+                         f"(at most {MAX_ELEMENTS} values per tensor)")
     C = torch.zeros(k, width, n_out, dtype=torch.float64)
     d = torch.ones(k, width, dtype=torch.float64)
     strict_rows = torch.zeros(k, width, dtype=torch.bool)
@@ -276,4 +315,18 @@ def witness_satisfies(query: "Query", case: int, x, y) -> bool:
 
 def one_line(err: Exception) -> str:
     """An exception's message on one line (the parser's errors are multi-line JSON)."""
-    return " ".join(str(err).split())
+    text = " ".join(str(err).split())
+    if text.startswith("{"):  # the parser's JSON report: its first error, readably
+        import json
+
+        try:
+            errors = json.loads(str(err))["errors"]
+            first = errors[0]
+            where = f"line {first['line']}: " if "line" in first else ""
+            more = f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+            return " ".join(f"{where}{first.get('message', 'error')}: {first.get('hint', '')}".split()).rstrip(":") + more
+        except (ValueError, KeyError, IndexError, TypeError):
+            pass
+    if text in ("stod", "stoi", "stol", "stoll", "stoul", "stoull", "stof"):  # C++ std::out_of_range, no detail
+        return f"number out of range ({text})"
+    return text
