@@ -42,7 +42,8 @@ ProgressCallback = Callable[[str, "AttackStats | BabProgress", float], None]
 
 
 def verify(model: Model | str | Path, spec: Spec | str | Path, timeout: float = 300.0, *, seed: int = 0,
-           device: str | torch.device = "auto", kernels: str = "auto", attack: AttackConfig = AttackConfig(),
+           device: str | torch.device = "auto", kernels: str = "auto", precision: str = "auto",
+           attack: AttackConfig = AttackConfig(),
            bounds: bool = True, bab: bool = True, alpha: AlphaConfig = AlphaConfig(),
            bab_config: BabConfig = BabConfig(), progress: ProgressCallback | None = None) -> Result:
     """Decide whether ``model`` violates ``spec`` within ``timeout`` seconds (loading included).
@@ -53,12 +54,15 @@ def verify(model: Model | str | Path, spec: Spec | str | Path, timeout: float = 
 
     ``device`` (``auto``: CUDA when available, ``cpu``, ``cuda``) holds the model, the attacks,
     the bound engine and the branch-and-bound domains; ``kernels`` (``auto``: Triton on CUDA,
-    ``triton``, ``torch``) picks the bound kernels (:class:`~genbab.bounds.config.EngineConfig`).
+    ``triton``, ``torch``) picks the bound kernels (:class:`~genbab.bounds.config.EngineConfig`);
+    ``precision`` (``auto``: float64, ``float32``, ``float64``) the bound arithmetic, sound in both.
     Impossible choices raise :class:`~genbab.errors.GenbabError` before any work.
     """
-    from genbab.bounds.config import EngineConfig
+    from genbab.bounds import rounding
+    from genbab.bounds.config import EngineConfig, resolve_precision
 
-    engine_config = EngineConfig.resolve(device, kernels)
+    dtype = resolve_precision(precision)
+    engine_config = EngineConfig.resolve(device, kernels, dtype)
     device = engine_config.device
     start = time.monotonic()
     deadline = start + timeout
@@ -66,7 +70,10 @@ def verify(model: Model | str | Path, spec: Spec | str | Path, timeout: float = 
     spec = load_spec(spec) if isinstance(spec, (str, Path)) else spec
     check_dimensions(model, spec)
     stats: dict = {"load_s": round(time.monotonic() - start, 4), "n_cases": spec.n_cases,
-                   "n_inputs": spec.n_inputs, "n_outputs": spec.n_outputs}
+                   "n_inputs": spec.n_inputs, "n_outputs": spec.n_outputs, "precision": str(dtype).split(".")[-1]}
+    if dtype != torch.float64 and not rounding.exact_in(spec.C, dtype):  # the objective would change: float64
+        engine_config = EngineConfig.resolve(device, kernels, torch.float64)
+        stats["precision"] = "float64 (the property's coefficients are not exact in float32)"
     if spec.n_cases == 0:
         return Result("unsat", None, time.monotonic() - start, {**stats, "reason": "the unsafe input set is empty"})
     torch.manual_seed(seed)

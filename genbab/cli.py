@@ -66,12 +66,15 @@ class _Seconds(click.FloatRange):
         return rv
 
 
-class _Terminated(BaseException):
-    """Raised in the main thread by the SIGTERM handler of ``verify``."""
-
-
-def _on_sigterm(signum, frame) -> None:
-    raise _Terminated()
+def _stopping_handler(results_file: Path | None):
+    """A SIGINT/SIGTERM handler that ends the process itself (``_stop``: results file ``timeout``,
+    one line, exit 130/143). Raising into the main thread instead can be swallowed or mangled when
+    the signal lands inside an import (torch's, numpy's), so the handler never raises."""
+    def handle(signum, frame) -> None:
+        if signum == signal.SIGINT:
+            _stop(results_file, "interrupted (SIGINT)", 130)
+        _stop(results_file, "terminated (SIGTERM)", 143)
+    return handle
 
 
 def _check_writable(path: Path | None, option: str) -> None:
@@ -79,16 +82,19 @@ def _check_writable(path: Path | None, option: str) -> None:
     if path is None:
         return
     parent = path.parent
-    if path.is_dir():
-        problem = "is a directory"
-    elif not parent.exists():
-        problem = f"its directory {parent} does not exist"
-    elif not parent.is_dir():
-        problem = f"{parent} is not a directory"
-    elif not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        problem = "is not writable"
-    else:
-        return
+    try:
+        if path.is_dir():
+            problem = "is a directory"
+        elif not parent.exists():
+            problem = f"its directory {parent} does not exist"
+        elif not parent.is_dir():
+            problem = f"{parent} is not a directory"
+        elif not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+            problem = "is not writable"
+        else:
+            return
+    except OSError as err:  # e.g. a name too long for the file system
+        problem = f"cannot be used ({err.strerror or err})"
     click.echo(f"error: {option} {path}: {problem}", err=True)
     sys.exit(2)
 
@@ -120,34 +126,35 @@ def main() -> None:
               help="Split points of smooth ops: pre-optimised lookup tables or midpoints.")
 @click.option("--kernels", type=click.Choice(["auto", "triton", "torch"]), default="auto", show_default=True,
               help="Bound kernels: Triton on CUDA (auto), or force one path; triton on the CPU needs TRITON_INTERPRET=1.")
-@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--precision", type=click.Choice(["auto", "float32", "float64"]), default="auto", show_default=True,
+              help="Bound arithmetic (auto: float64); both are sound.")
+@click.option("--threads", type=click.IntRange(min=1, max=4096), default=1, show_default=True,
               help="CPU threads for tensor work (small bound steps run faster on one).")
 def verify(model: Path, spec: Path, timeout: float, results_file: Path | None, json_path: Path | None,
            device: str, seed: int, no_bab: bool, no_bounds: bool, quiet: bool, branching: str,
-           branching_points: str, kernels: str, threads: int) -> None:
+           branching_points: str, kernels: str, precision: str, threads: int) -> None:
     """Check MODEL (.onnx[.gz]) against the VNN-LIB property SPEC (.vnnlib[.gz])."""
     _check_writable(results_file, "--results-file")
     _check_writable(json_path, "--json")
     timeout = min(timeout, MAX_WAIT_S)
+    handler = _stopping_handler(results_file)
     try:
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    except ValueError:  # not the main thread (an embedding caller): keep its handler
-        previous = None
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    except ValueError:  # not the main thread (an embedding caller): keep its handlers
+        previous = {}
     try:
         _verify(model, spec, timeout, results_file, json_path, device, seed, no_bab, no_bounds, quiet, branching,
-                branching_points, kernels, threads)
-    except KeyboardInterrupt:
+                branching_points, kernels, threads, precision)
+    except KeyboardInterrupt:  # an embedding caller's own SIGINT handling raised it
         _stop(results_file, "interrupted (SIGINT)", 130)
-    except _Terminated:
-        _stop(results_file, "terminated (SIGTERM)", 143)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _verify(model: Path, spec: Path, timeout: float, results_file: Path | None, json_path: Path | None,
             device: str, seed: int, no_bab: bool, no_bounds: bool, quiet: bool, branching: str,
-            branching_points: str, kernels: str, threads: int) -> None:
+            branching_points: str, kernels: str, threads: int, precision: str = "auto") -> None:
     from genbab.memory_tuning import tune_malloc
 
     tune_malloc()  # keep freed tensor memory in the heap (glibc only): page faults cost more than bounds
@@ -164,7 +171,7 @@ def _verify(model: Path, spec: Path, timeout: float, results_file: Path | None, 
     bab_config = BabConfig(branching=branching, branching_points=branching_points)
     try:
         result = _run_verify(model, spec, timeout, device, seed, quiet, bounds=not no_bounds, bab=not no_bab,
-                             bab_config=bab_config, kernels=kernels)
+                             bab_config=bab_config, kernels=kernels, precision=precision)
     except GenbabError as err:
         _fail(results_file, f"error: {err}", 2)
     except Exception as err:  # an internal error: say so plainly, trace only on request
@@ -195,7 +202,7 @@ def _verify(model: Path, spec: Path, timeout: float, results_file: Path | None, 
 
 
 def _run_verify(model: Path, spec: Path, timeout: float, device: str, seed: int, quiet: bool, bounds: bool,
-                bab: bool, bab_config, kernels: str = "auto"):
+                bab: bool, bab_config, kernels: str = "auto", precision: str = "auto"):
     """Run :func:`genbab.api.verify` in a worker thread; answer ``timeout`` at the deadline.
 
     The library checks its deadline between steps, but one step (an alpha iteration on a big
@@ -217,6 +224,7 @@ def _run_verify(model: Path, spec: Path, timeout: float, device: str, seed: int,
     def work() -> None:
         try:
             outcome["result"] = api_verify(model, spec, timeout=timeout, seed=seed, device=device, kernels=kernels,
+                                           precision=precision,
                                            bounds=bounds, bab=bab, bab_config=bab_config, progress=reporter)
         except BaseException as err:  # handed to the main thread
             outcome["error"] = err

@@ -37,6 +37,7 @@ from genbab.bab.clipping import clip_box
 from genbab.bab.domain_attack import DomainAttack, DomainAttacker
 from genbab.bab.domains import DomainBatch, root_domains, split
 from genbab.bab.memory import fitting_batch, free_bytes, is_out_of_memory, pass_bytes_per_domain
+from genbab.bounds import rounding
 from genbab.bounds.alpha import AlphaConfig, optimize_rows
 from genbab.bounds.engine import BoundEngine, BoundsTimeout
 
@@ -48,7 +49,8 @@ PASS_SECONDS = 3.0  # a bound pass over one batch of children should take about 
 class BabConfig:
     batch_size: int = 64  # most domains per bound pass (fewer when free memory is short)
     max_domains: int = 5_000_000
-    alpha_iterations: int = 8
+    alpha_iterations: int = 8  # alpha steps per bound pass when splitting activations
+    input_alpha_iterations: int = 0  # ... when splitting the input: plain CROWN, ~4x the sub-boxes per second
     input_split_max_dims: int = 32  # inputs with at most this many dims: split the input box only
     input_batch_size: int = 4096  # domains per batch when splitting the input
     input_lookahead: bool = False  # input splits: bound both halves along every dimension to choose
@@ -76,8 +78,9 @@ class BranchAndBound:
                  d: torch.Tensor, config: BabConfig = BabConfig(), root_bounds=None,
                  attack: DomainAttack | None = None, on_progress=None):
         self.engine, self.config = engine, config
-        self.lower, self.upper = (t.to(engine.device, engine.dtype) for t in (lower, upper))
-        self.C, self.d = C.to(engine.device, engine.dtype), d.to(engine.device, engine.dtype)
+        self.lower = rounding.to_dtype_down(lower.to(engine.device), engine.dtype)  # outward: no point is lost
+        self.upper = rounding.to_dtype_up(upper.to(engine.device), engine.dtype)
+        self.C, self.d = C.to(engine.device, engine.dtype), rounding.to_dtype_up(d.to(engine.device), engine.dtype)
         self.input = engine.graph.input_name
         self.input_mode = math.prod(engine.graph.input_shape) <= config.input_split_max_dims
         if self.input_mode:
@@ -90,7 +93,8 @@ class BranchAndBound:
         self.shortcuts: dict | None = None  # BBPS: root linear bounds of the candidate nodes
         self.split_bytes = sum(2 * 8 * math.prod(engine.shapes[c]) for c in self.candidates) + 64
         self.max_domains = int(min(config.max_domains, config.memory_bytes // self.split_bytes))
-        self.alpha = AlphaConfig(iterations=config.alpha_iterations, lr=0.2, stop_when_positive=True)
+        iterations = config.input_alpha_iterations if self.input_mode else config.alpha_iterations
+        self.alpha = AlphaConfig(iterations=iterations, lr=0.2, stop_when_positive=True)
         itemsize = torch.empty((), dtype=engine.dtype).element_size()
         maximum = config.input_batch_size if self.input_mode else config.batch_size
         self.batch = fitting_batch(maximum, pass_bytes_per_domain(engine.shapes, C.shape[0], itemsize),
@@ -143,8 +147,8 @@ class BranchAndBound:
             clipped = clip_box(lower, upper, record[self.input], record["rows"])
             lb = torch.where((clipped[0] > clipped[1]).any(dim=1), torch.full_like(lb, torch.inf), lb)
             shape = domains.lower[self.input].shape
-            lower_d = {**lower_d, self.input: clipped[0].reshape(shape).to(self.engine.dtype)}
-            upper_d = {**upper_d, self.input: clipped[1].reshape(shape).to(self.engine.dtype)}
+            lower_d = {**lower_d, self.input: rounding.to_dtype_down(clipped[0].reshape(shape), self.engine.dtype)}
+            upper_d = {**upper_d, self.input: rounding.to_dtype_up(clipped[1].reshape(shape), self.engine.dtype)}
             bounds = {**bounds, self.input: (lower_d[self.input], upper_d[self.input])}
         ctx = BranchingContext(self.config.branching, self.config.branching_points, self.shortcuts, box)
         node, index, point = choose_splits(self.engine, self.candidates, self.readers, bounds, record, best_row, ctx)

@@ -44,7 +44,7 @@ def rows_per_chunk(engine: BoundEngine, batch: int, budget: float = ROW_BUDGET_E
 def compute_bounds(model, lower: torch.Tensor, upper: torch.Tensor, method: str = "alpha-crown",
                    C: torch.Tensor | None = None, alpha: AlphaConfig = AlphaConfig(stop_when_positive=False),
                    row_chunk: int | None = None, device: str | torch.device | None = None,
-                   kernels: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+                   kernels: str = "auto", precision: str = "float64") -> tuple[torch.Tensor, torch.Tensor]:
     """Bounds ``(lb, ub)`` of ``C y`` over the boxes ``lower <= x <= upper``.
 
     ``lower``/``upper``: ``[batch, n_inputs]`` (flat) or ``[batch, *input_shape]``, or one box
@@ -60,7 +60,11 @@ def compute_bounds(model, lower: torch.Tensor, upper: torch.Tensor, method: str 
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     home = lower.device
-    engine = engine_for(model, EngineConfig.resolve(home if device is None else device, kernels))
+    from genbab.bounds import rounding
+    from genbab.bounds.config import resolve_precision
+
+    engine = engine_for(model, EngineConfig.resolve(home if device is None else device, kernels,
+                                                    resolve_precision(precision)))
     if lower.dim() == 1 or tuple(lower.shape) == tuple(engine.graph.input_shape):
         lower, upper = lower.unsqueeze(0), upper.unsqueeze(0)
     box = engine.box(lower, upper)
@@ -69,6 +73,8 @@ def compute_bounds(model, lower: torch.Tensor, upper: torch.Tensor, method: str 
         C = torch.eye(n_out, dtype=engine.dtype, device=engine.device)
     if C.dim() == 2:
         C = C.unsqueeze(0).expand(box.batch, -1, -1)
+    if not rounding.exact_in(C, engine.dtype):  # the objective itself would change
+        raise ValueError(f"the coefficients C are not exact in {engine.dtype}: use precision='float64'")
     C = C.to(engine.device, engine.dtype)
     both = torch.cat([C, -C], dim=1)
     S = C.shape[1]
@@ -76,6 +82,8 @@ def compute_bounds(model, lower: torch.Tensor, upper: torch.Tensor, method: str 
         bounds = engine.interval_bounds(box)
         lo, hi = (b.reshape(box.batch, -1, 1) for b in bounds[engine.graph.output_name])
         lb = (both.clamp(min=0) @ lo + both.clamp(max=0) @ hi).squeeze(-1)
+        err = rounding.gamma(both.shape[-1] + 2, lb.dtype) * (both.abs() @ rounding.magnitude(lo, hi)).squeeze(-1)
+        lb = rounding.subtract(lb, err)  # the two mat-vecs round; the difference is rounded down
     else:
         bounds = engine.intermediate_bounds(box, "crown")
         chunk = row_chunk or rows_per_chunk(engine, box.batch)

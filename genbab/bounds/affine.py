@@ -15,6 +15,7 @@ import math
 
 import torch
 
+from genbab.bounds.rounding import broadcast_shape
 from genbab.model.graph import InputRef, Node
 
 INCREASING = frozenset({
@@ -25,6 +26,29 @@ INCREASING = frozenset({
 # Ops in INCREASING only for some attribute values: interpolation is a positive combination of
 # inputs in nearest and (bi/tri)linear modes, but cubic weights are negative at the ends (still
 # linear, so the general Jacobian rule serves it).
+# How an affine node's arithmetic rounds (genbab.bounds.rounding): pure data movement computes its
+# image and its backward step (a permutation, selection or zero fill of coefficients) exactly; an
+# elementwise op over inputs broadcast to its output rounds a few times per element (forward) and
+# its backward sums over each input's broadcast copies. Everything else: any sum over all inputs.
+EXACT_ARITHMETIC = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Dropout",
+                              "Slice", "Concat", "Split", "Neg"})
+ELEMENTWISE_ARITHMETIC = frozenset({"Add", "Sub", "Mul", "Div", "Sum", "Cast", "BatchNormalization"})
+
+
+def rounding_terms(node: Node, input_shapes: list[tuple[int, ...]], out_shape: tuple[int, ...]) -> tuple[int, int]:
+    """``(forward, backward)``: bounds on the number of rounded operations behind one output value
+    of the node's interval image, and behind one input coefficient of its backward step (the
+    ``n`` of ``gamma_n``); ``(0, 0)`` for exact data movement."""
+    if node.op_type in EXACT_ARITHMETIC:
+        return 0, 0
+    out_n = math.prod(out_shape)
+    sizes = [math.prod(s) for s in input_shapes]
+    if node.op_type in ELEMENTWISE_ARITHMETIC and all(
+            broadcast_shape(s, out_shape) == tuple(out_shape) for s in input_shapes):
+        return len(sizes) + 8, max(out_n // max(1, n) for n in sizes) + 8
+    return sum(sizes) + 4, out_n + 4
+
+
 INCREASING_WHEN = {
     "Resize": lambda attrs: _text(attrs.get("mode", "nearest")) in ("nearest", "linear"),
     "Upsample": lambda attrs: _text(attrs.get("mode", "nearest")) in ("nearest", "linear", "bilinear"),

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from genbab.bounds import rounding
+
 from genbab.bounds.box import Box
 from genbab.bounds.engine import BoundEngine, Bounds, Params
 
@@ -147,9 +149,9 @@ def optimize_rows(engine: BoundEngine, C: torch.Tensor, box: Box, bounds: Bounds
     :meth:`AlphaParams.state` / :meth:`BetaParams.state` (NaN or absent: the defaults);
     ``record["warm"]`` receives the final values under the same keys."""
     offset = (torch.zeros(C.shape[:2], dtype=engine.dtype, device=engine.device) if offset is None
-              else offset.to(engine.device, engine.dtype))
+              else rounding.to_dtype_up(offset.to(engine.device), engine.dtype))
     with torch.no_grad():
-        best = engine.bound_rows(C, box, bounds, record=record) - offset
+        best = rounding.subtract(engine.bound_rows(C, box, bounds, record=record), offset)
     if record is not None:
         record["rows"] = best.clone()  # the plain CROWN rows, whose input coefficients record holds
     alpha = AlphaParams(engine, bounds, C.shape[1], warm=warm)
@@ -162,7 +164,8 @@ def optimize_rows(engine: BoundEngine, C: torch.Tensor, box: Box, bounds: Bounds
     for _ in range(config.iterations):
         if deadline is not None and time.monotonic() >= deadline:
             break
-        lb = engine.bound_rows(C, box, bounds, alpha.params(), extra=beta.extra() if beta.free else None) - offset
+        lb = rounding.subtract(engine.bound_rows(C, box, bounds, alpha.params(), extra=beta.extra() if beta.free else None),
+                               offset)
         best = torch.maximum(best, lb.detach())
         if config.stop_when_positive and bool((best > 0).all()):
             break

@@ -27,7 +27,7 @@ import time
 
 import torch
 
-from genbab.bounds.affine import AffineMap, monotone_signs
+from genbab.bounds.affine import AffineMap, monotone_signs, rounding_terms
 from genbab.bounds.box import Box, concretize_lower
 from genbab.bounds.config import EngineConfig
 from genbab.bounds.kernel_backend import relax_lines
@@ -69,6 +69,9 @@ class BoundEngine:
     def __init__(self, graph: Graph, config: EngineConfig = EngineConfig(), max_rows_elements: float = 2e7):
         self.config = config
         self.device, self.dtype, self.backend = config.device, config.dtype, config.backend
+        if self.device.type == "cuda":  # TF32 (u = 2^-11) would void the float32 rounding ledger
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
         self.graph = graph_in_dtype(simplify_for_bounds(graph), self.dtype, self.device)
         self.nodes = self.graph.nodes
         self.index = {n.name: i for i, n in enumerate(self.nodes)}
@@ -80,6 +83,8 @@ class BoundEngine:
         self.max_rows_elements = max_rows_elements
         self._affine: dict[str, AffineMap] = {}
         self._magnitudes: dict[tuple, tuple] = {}  # affine image magnitudes, see affine_magnitude
+        self.terms = {n.name: rounding_terms(n, [self.shapes[i] for i in n.inputs], n.out_shape)
+                      for n in self.nodes if self.rules[n.name].kind == "affine"}  # (forward, backward)
 
     # ----------------------------------------------------------------- helpers
     def _crown_targets(self, max_neurons: int = 4096) -> set[str]:
@@ -120,9 +125,10 @@ class BoundEngine:
         return self._affine[node.name]
 
     def box(self, lower: torch.Tensor, upper: torch.Tensor) -> Box:
-        """A Box in the engine's dtype from ``[batch, ...]`` bounds (flat or shaped)."""
+        """A Box in the engine's dtype from ``[batch, ...]`` bounds (flat or shaped), rounded outward."""
         shape = (lower.shape[0], *self.graph.input_shape)
-        return Box(lower.reshape(shape).to(self.device, self.dtype), upper.reshape(shape).to(self.device, self.dtype))
+        lower, upper = lower.reshape(shape).to(self.device), upper.reshape(shape).to(self.device)
+        return Box(rounding.to_dtype_down(lower, self.dtype), rounding.to_dtype_up(upper, self.dtype))
 
     def relax(self, op, lo: torch.Tensor, hi: torch.Tensor, params: dict | None = None):
         """The lines of the elementwise ``op`` on ``[lo, hi]`` on this engine's backend."""
@@ -146,8 +152,11 @@ class BoundEngine:
         if rule.kind == "affine":
             lows, highs = self.operand_bounds(node, bounds)
             lo, hi = self.affine(node).interval(lows, highs)
+            forward, _ = self.terms[node.name]
+            if forward == 0:  # data movement: the image is exact
+                return lo, hi
             n = math.prod(self.shapes[node.name])
-            g, tiny = rounding.gamma(2 * n + 4, lo.dtype), rounding.tiny_term(n, lo.dtype)
+            g, tiny = rounding.gamma(forward + 4, lo.dtype), rounding.tiny_term(n, lo.dtype)
             signs = monotone_signs(node) if node.op_type not in ("SoftmaxDiff", "Center") else None
             if signs is None:  # centre/radius: its error scales with every input's magnitude
                 v = self.affine_magnitude(node, [(l_, h_) for l_, h_ in zip(lows, highs)])
@@ -259,6 +268,8 @@ class BoundEngine:
     def bound_rows(self, C: torch.Tensor, box: Box, bounds: Bounds, params: Params | None = None,
                    record: dict | None = None, extra: Bounds | None = None) -> torch.Tensor:
         """Lower bounds ``[B, S]`` of ``C y`` for the flat output ``y`` (``C`` ``[B, S, n_out]``)."""
+        if not rounding.exact_in(C, self.dtype):  # the objective itself would change
+            raise ValueError(f"the property's coefficients are not exact in {self.dtype}: use float64")
         A = C.to(self.device, self.dtype).reshape(C.shape[0], C.shape[1], *self.graph.output_shape)
         return self.bound_linear(self.graph.output_name, A, box, bounds, params, record, extra)
 
@@ -289,8 +300,11 @@ class BoundEngine:
             if record is not None and self.rules[node.name].kind != "affine":
                 record[node.name] = coeff.detach()
             contributions, b, e = self.backward_step(node, coeff, bounds, None if params is None else params.get(node.name))
-            bias = bias + b
-            err = err + e + rounding.bias_add_error(bias.detach())
+            if not (isinstance(b, torch.Tensor) and b.dim() == 2 and self._zero_bias(node)):
+                bias = bias + b
+                err = err + e + rounding.bias_add_error(bias.detach())
+            elif isinstance(e, torch.Tensor):
+                err = err + e
             for name, A_i in contributions:
                 if name in pending:
                     pending[name] = pending[name] + A_i
@@ -304,6 +318,10 @@ class BoundEngine:
             record[self.graph.input_name] = A_in.detach()
         return A_in, rounding.subtract(bias, err * rounding.SAFETY)
 
+    def _zero_bias(self, node: Node) -> bool:
+        """An affine node whose constant part is zero adds no bias (and no rounding of one)."""
+        return self.rules[node.name].kind == "affine" and self.affine(node)._const_zero
+
     def _sum_error(self, name: str, coeff: torch.Tensor, bounds: Bounds) -> torch.Tensor:
         """Rounding bound of the sums that formed ``coeff`` (the value's bounds give ``|z| <= m``)."""
         with torch.no_grad():
@@ -315,9 +333,14 @@ class BoundEngine:
         ``[B, S]`` of the step's rounding error (:mod:`genbab.bounds.rounding`)."""
         rule = self.rules[node.name]
         if rule.kind == "affine":
-            coeffs, bias = self.affine(node).backward(A)
+            affine = self.affine(node)
+            coeffs, bias = affine.backward(A)
+            backward = self.terms[node.name][1]
+            if backward == 0:  # data movement: the coefficients are moved, not computed
+                return list(zip(node.inputs, coeffs)), bias, 0.0
             with torch.no_grad():
-                err = rounding.affine_error(A.detach(), self.affine_magnitude(node, [bounds[i] for i in node.inputs]))
+                v = self.affine_magnitude(node, [bounds[i] for i in node.inputs])
+                err = rounding.affine_error(A.detach(), v, backward, None if affine._const_zero else affine.const)
             return list(zip(node.inputs, coeffs)), bias, err
         if rule.kind == "elementwise":
             lo, hi = bounds[node.inputs[0]]

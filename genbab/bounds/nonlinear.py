@@ -25,6 +25,7 @@ import string
 import torch
 
 from genbab.bounds import kernel_backend
+from genbab.bounds.rounding import broadcast_shape
 from genbab.ops.relaxation import Relaxation
 
 
@@ -49,7 +50,7 @@ def _bias_sum(pos: torch.Tensor, neg: torch.Tensor, lo: torch.Tensor, hi: torch.
     rest = tuple(pos.shape[2:])
     if (lo.dim() == hi.dim() == pos.dim() and lo.dtype == hi.dtype == pos.dtype
             and lo.shape[1] == 1 and hi.shape[1] == 1 and lo.shape[0] in (1, B) and hi.shape[0] in (1, B)
-            and tuple(torch.broadcast_shapes(rest, lo.shape[2:], hi.shape[2:])) == rest):
+            and broadcast_shape(rest, lo.shape[2:], hi.shape[2:]) == rest):
         N = math.prod(rest)
         lv = lo.expand(lo.shape[0], 1, *rest).reshape(lo.shape[0], N, 1)
         hv = hi.expand(hi.shape[0], 1, *rest).reshape(hi.shape[0], N, 1)
@@ -74,7 +75,7 @@ def elementwise_backward(A: torch.Tensor, lines: Relaxation, backend: str = "tor
         return kernel_backend.elementwise_backward(A, lines)
     pos, neg = A.clamp(min=0), A.clamp(max=0)
     coeff = pos * lines.slope_lower
-    if coeff.shape == torch.broadcast_shapes(coeff.shape, neg.shape, lines.slope_upper.shape):
+    if tuple(coeff.shape) == broadcast_shape(coeff.shape, neg.shape, lines.slope_upper.shape):
         coeff.addcmul_(neg, lines.slope_upper)  # in place: one temporary fewer
     else:
         coeff = coeff + neg * lines.slope_upper

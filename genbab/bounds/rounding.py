@@ -31,6 +31,19 @@ import torch
 SAFETY = 1.01
 
 
+def broadcast_shape(*shapes) -> tuple[int, ...] | None:
+    """NumPy broadcasting of ``shapes`` (None when they do not broadcast). Pure Python: the first
+    ``torch.broadcast_shapes`` call of a process imports sympy (~0.5 s)."""
+    rank = max((len(s) for s in shapes), default=0)
+    out = []
+    for dims in zip(*[(1,) * (rank - len(s)) + tuple(s) for s in shapes]):
+        sizes = {d for d in dims if d != 1}
+        if len(sizes) > 1:
+            return None
+        out.append(sizes.pop() if sizes else 1)
+    return tuple(out)
+
+
 def unit_roundoff(dtype: torch.dtype) -> float:
     """``u``: half the machine epsilon of ``dtype``."""
     return torch.finfo(dtype).eps / 2
@@ -49,8 +62,13 @@ def magnitude(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
 
 def _rowsum(A_abs: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """``sum |A| w`` over the non-leading dims: ``A_abs`` ``[B, S, *shape]``, ``w`` broadcasting
-    to it: ``[B, S]``."""
+    to it: ``[B, S]`` (a batched mat-vec when ``w`` is one row per batch element)."""
     B, S = A_abs.shape[:2]
+    rest = tuple(A_abs.shape[2:])
+    w = w.to(A_abs.dtype)  # a node may compute in another dtype (a Cast): magnitudes are what count
+    if w.dim() == A_abs.dim() and w.shape[1] == 1 and w.shape[0] in (1, B) and tuple(w.shape[2:]) == rest:
+        N = math.prod(rest)
+        return (A_abs.reshape(B, S, N) @ w.expand(B, 1, *rest).reshape(B, N, 1)).squeeze(-1)
     return (A_abs * w).reshape(B, S, -1).sum(-1)
 
 
@@ -58,11 +76,16 @@ def tiny_term(n: int, dtype: torch.dtype) -> float:
     return (n + 4) * torch.finfo(dtype).tiny
 
 
-def affine_error(A: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def affine_error(A: torch.Tensor, v: torch.Tensor, terms: int, const: torch.Tensor | None) -> torch.Tensor:
     """Error bound ``[B, S]`` of an affine backward step: ``A`` ``[B, S, *out]``, ``v``
-    ``[B, *out]`` (``|L| m_x + |c|``)."""
+    ``[B, *out]`` (``|L| m_x + |c|``), ``terms`` the rounded operations behind one input
+    coefficient; the bias ``A c`` (``const``, None when zero) is a sum over every output."""
     n = math.prod(A.shape[2:])
-    return gamma(2 * n + 4, A.dtype) * _rowsum(A.abs(), v.unsqueeze(1)) + tiny_term(n, A.dtype)
+    dt = v.dtype if v.dtype.itemsize < A.dtype.itemsize else A.dtype  # a node computing in less precision
+    w = gamma(terms + 4, dt) * v.to(A.dtype)
+    if const is not None:
+        w = w + gamma(n + 4, dt) * const.abs().to(A.dtype)
+    return _rowsum(A.abs(), w.unsqueeze(1)) + tiny_term(n, dt)
 
 
 def elementwise_error(A: torch.Tensor, lines, m: torch.Tensor) -> torch.Tensor:
@@ -102,6 +125,27 @@ def sum_error(total: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
 def bias_add_error(bias: torch.Tensor) -> torch.Tensor:
     """Error bound of the addition that produced ``bias`` ``[B, S]``."""
     return (unit_roundoff(bias.dtype) * SAFETY) * bias.abs() + torch.finfo(bias.dtype).tiny
+
+
+def to_dtype_down(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` in ``dtype``, rounded toward ``-inf`` (a box's lower end must not move inward)."""
+    y = x.to(dtype)
+    if x.dtype == dtype:
+        return y
+    return torch.where(y.to(x.dtype) > x, torch.nextafter(y, _toward(y, -math.inf)), y)
+
+
+def to_dtype_up(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` in ``dtype``, rounded toward ``+inf``."""
+    y = x.to(dtype)
+    if x.dtype == dtype:
+        return y
+    return torch.where(y.to(x.dtype) < x, torch.nextafter(y, _toward(y, math.inf)), y)
+
+
+def exact_in(x: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether every value of ``x`` is representable in ``dtype`` (so casting changes nothing)."""
+    return bool((x.to(dtype).to(x.dtype) == x).all())
 
 
 def widen(lo: torch.Tensor, hi: torch.Tensor, slack: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 
 from genbab.errors import ModelError
@@ -13,7 +14,11 @@ GZIP_MAGIC = b"\x1f\x8b"
 def read_bytes(path: str | Path) -> bytes:
     """File contents, gunzipped when the file starts with the gzip magic bytes."""
     path = Path(path)
-    if path.exists() and not path.is_file():  # a FIFO or device would block the read until the deadline
+    try:
+        irregular = path.exists() and not path.is_file()  # a FIFO or device would block the read until the deadline
+    except OSError as err:  # e.g. a name too long for the file system
+        raise ModelError(f"{path}: cannot read model file ({err.strerror or err})") from None
+    if irregular:
         raise ModelError(f"{path}: not a regular file")
     try:
         data = path.read_bytes()
@@ -22,6 +27,6 @@ def read_bytes(path: str | Path) -> bytes:
     if data[:2] == GZIP_MAGIC:
         try:
             data = gzip.decompress(data)
-        except (OSError, EOFError, ValueError) as err:
+        except (OSError, EOFError, ValueError, zlib.error) as err:
             raise ModelError(f"{path}: corrupt gzip data ({err})") from None
     return data
