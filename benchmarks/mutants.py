@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Two tiers: the bound-level soundness tests (about 25 s), then, for a mutant they miss, the
 # branch-and-bound tests (about 3 min).
 TIERS = [["tests/test_relaxations.py", "tests/test_backward_fast_paths.py", "tests/test_rigorous_decisions.py",
-          "tests/test_bounds.py"],
+          "tests/test_precision.py", "tests/test_bounds.py"],
          ["tests/test_bab.py", "tests/test_warm_start.py", "tests/test_bab_heuristics.py"]]
 
 
@@ -66,6 +66,11 @@ MUTANTS = [
     Mutant("rounding-allowance-dropped", "genbab/bounds/box.py",
            "    return (n + 4) * fi.eps * 1.01 * (magnitude + bias.abs()) + (n + 4) * fi.tiny\n",
            "    return 0 * magnitude\n"),
+    Mutant("rounding-ledger-dropped", "genbab/bounds/engine.py",
+           "return A_in, rounding.subtract(bias, err * rounding.SAFETY)", "return A_in, bias"),
+    Mutant("box-cast-inward", "genbab/bounds/rounding.py",
+           "    return torch.where(y.to(x.dtype) > x, torch.nextafter(y, _toward(y, -math.inf)), y)\n",
+           "    return torch.where(y.to(x.dtype) > x, torch.nextafter(y, _toward(y, math.inf)), y)\n"),
 ]
 
 

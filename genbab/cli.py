@@ -22,8 +22,10 @@ from genbab.errors import GenbabError
 
 
 _WORKERS: list = []  # the verify worker thread, checked at exit
+_FAST_EXIT: list = []  # set by ``verify``: :func:`run` then ends the process without interpreter teardown
 MAX_WAIT_S = 1e7  # a longer --timeout (inf, 1e12) means "no limit" but would overflow thread waits
 MAX_SEED = 2**63 - 1
+GRACE_S = 0.5  # the worker gets this long past the deadline to hand back its own result
 
 
 class _OneLineGroup(click.Group):
@@ -134,6 +136,7 @@ def verify(model: Path, spec: Path, timeout: float, results_file: Path | None, j
            device: str, seed: int, no_bab: bool, no_bounds: bool, quiet: bool, branching: str,
            branching_points: str, kernels: str, precision: str, threads: int) -> None:
     """Check MODEL (.onnx[.gz]) against the VNN-LIB property SPEC (.vnnlib[.gz])."""
+    _FAST_EXIT.append(True)
     _check_writable(results_file, "--results-file")
     _check_writable(json_path, "--json")
     timeout = min(timeout, MAX_WAIT_S)
@@ -207,7 +210,7 @@ def _run_verify(model: Path, spec: Path, timeout: float, device: str, seed: int,
 
     The library checks its deadline between steps, but one step (an alpha iteration on a big
     model, say) can outlast it; the command line promises the timeout within 2 s, so it stops
-    waiting at the deadline plus a second and reports ``timeout`` (``main`` then exits the
+    waiting at the deadline plus GRACE_S and reports ``timeout`` (``main`` then exits the
     process, ending the worker)."""
     import threading
     import time
@@ -233,7 +236,7 @@ def _run_verify(model: Path, spec: Path, timeout: float, device: str, seed: int,
         worker = threading.Thread(target=work, name="genbab-verify", daemon=True)
         _WORKERS.append(worker)
         worker.start()
-        deadline = time.monotonic() + min(timeout, MAX_WAIT_S) + 1.0
+        deadline = time.monotonic() + min(timeout, MAX_WAIT_S) + GRACE_S
         while worker.is_alive():  # short waits: SIGINT/SIGTERM reach the main thread promptly
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -329,5 +332,23 @@ main.add_command(_vnnlib2_command)
 main.add_command(_tables_command)
 
 
+def run() -> None:
+    """The console entry point: :func:`main`; after ``verify`` (its files written, its output
+    flushed) the process ends at once: tearing down an interpreter with torch loaded takes about a
+    second, which VNN-COMP would count against the timeout."""
+    try:
+        main()
+        code = 0
+    except SystemExit as exit_:
+        if not _FAST_EXIT:
+            raise
+        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+        if isinstance(exit_.code, str):
+            print(exit_.code, file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    main()
+    run()

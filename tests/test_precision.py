@@ -27,33 +27,37 @@ ROOT = Path(__file__).resolve().parent.parent
 TOY = ROOT / "specs" / "toy_mlp.onnx"
 
 
-def fan_out_model(tmp_path: Path, dtype: int = TensorProto.FLOAT) -> genbab.Model:
-    """``y = (x, x, x)`` by a Gemm with weights one: one input, three outputs."""
+def cancelling_model(tmp_path: Path, big: float, dtype: int) -> genbab.Model:
+    """``y = ((-big x) + (big x)) + 3 x``, nodes in that order: the backward pass reaches ``x``
+    from ``3 x`` first, then adds ``big`` (``big + 3`` rounds to ``big + 4``) and ``-big``: the
+    coefficient of ``x`` comes out as ``4`` where it is exactly ``3``."""
     np_dtype = np.float32 if dtype == TensorProto.FLOAT else np.float64
-    w = helper.make_tensor("W", dtype, [1, 3], np.ones(3, dtype=np_dtype).tolist())
-    graph = helper.make_graph([helper.make_node("Gemm", ["x", "W"], ["y"])], "fan",
-                              [helper.make_tensor_value_info("x", dtype, [1, 1])],
-                              [helper.make_tensor_value_info("y", dtype, [1, 3])], [w])
-    path = tmp_path / "fan.onnx"
+    consts = [helper.make_tensor(name, dtype, [1], np.array([v], dtype=np_dtype).tolist())
+              for name, v in (("neg", -big), ("pos", big), ("three", 3.0))]
+    nodes = [helper.make_node("Mul", ["x", "neg"], ["z3"]), helper.make_node("Mul", ["x", "pos"], ["z1"]),
+             helper.make_node("Add", ["z3", "z1"], ["s"]), helper.make_node("Mul", ["x", "three"], ["z2"]),
+             helper.make_node("Add", ["s", "z2"], ["y"])]
+    graph = helper.make_graph(nodes, "cancel", [helper.make_tensor_value_info("x", dtype, [1, 1])],
+                              [helper.make_tensor_value_info("y", dtype, [1, 1])], consts)
+    path = tmp_path / "cancel.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
     return genbab.load_model(path, use_cache=False)
 
 
 @pytest.mark.parametrize("precision,big", [("float32", 2.0 ** 24), ("float64", 2.0 ** 53)])
 def test_a_rounded_backward_sum_still_gives_a_true_lower_bound(tmp_path: Path, precision: str, big: float) -> None:
-    """``C = (big, 3, -big)`` on ``y = (x, x, x)`` at ``x = 1``: exactly ``3``; the coefficient on
-    ``x`` computed in that precision is ``big + 3 - big = 4``, so a bound without the rounding
-    ledger would claim ``min >= 4``."""
+    """The coefficient sum of :func:`cancelling_model` rounds (``big + 3 - big = 4`` in that
+    precision) while the exact minimum of ``y`` at ``x = 1`` is ``3``: a bound without the
+    rounding ledger would claim ``y >= 4 - (concretisation allowance)``."""
     dtype = resolve_precision(precision)
-    model = fan_out_model(tmp_path, TensorProto.FLOAT if precision == "float32" else TensorProto.DOUBLE)
-    C = torch.tensor([[big, 3.0, -big]], dtype=torch.float64)
-    naive = (C.to(dtype) @ torch.ones(3, 1, dtype=dtype)).item()
-    assert naive == 4.0  # the rounding this test is about does happen on this machine
+    model = cancelling_model(tmp_path, big, TensorProto.FLOAT if precision == "float32" else TensorProto.DOUBLE)
+    b = torch.tensor(big, dtype=dtype)
+    assert float((b + 3) - b) == 4.0  # the rounding this test is about
     one = torch.ones(1, 1, dtype=torch.float64)
+    C = torch.ones(1, 1, dtype=torch.float64)
     lb, ub = genbab.compute_bounds(model, one, one, method="crown", C=C, precision=precision)
-    exact = Fraction(big) + 3 - Fraction(big)
-    assert Fraction(lb.item()) <= exact <= Fraction(ub.item())
     assert lb.dtype == dtype
+    assert Fraction(lb.item()) <= 3 <= Fraction(ub.item())
 
 
 def test_boxes_and_offsets_are_cast_outward() -> None:

@@ -56,7 +56,7 @@ def test_run_instance_writes_sat_with_witness_then_error_for_a_missing_model(tmp
     assert proc.returncode == 0, proc.stderr
     text = res.read_text()
     assert text.startswith("sat\n((X_0 ") and "(Y_2 " in text
-    assert "--timeout 27.000" in proc.stdout  # the default margin of categories.toml: 3 s
+    assert "--timeout 29.000" in proc.stdout  # the default margin of categories.toml: 1 s
     proc = script("run_instance.sh", "v1", "test", str(tmp_path / "missing.onnx"), str(TOY_SAT), str(res), "30")
     assert proc.returncode == 0 and res.read_text() == "error\n"
 

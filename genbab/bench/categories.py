@@ -23,7 +23,7 @@ DEVICES = ("auto", "cpu", "cuda")
 class CategorySettings:
     """How one category's instances are run (see ``vnncomp/categories.toml`` for each key)."""
 
-    timeout_margin_s: float = 3.0
+    timeout_margin_s: float = 1.0
     min_timeout_s: float = 1.0
     kill_grace_s: float = 10.0
     seed: int = 0
