@@ -29,6 +29,7 @@ from onnx import TensorProto, helper, numpy_helper
 import genbab
 from genbab.ops.activations import MISH
 from genbab.ops.registry import elementwise_table
+from test_relaxations import random_params  # the same random (unprojected) parameters
 
 F64 = torch.float64
 DTYPES = [torch.float32, torch.float64]
@@ -126,14 +127,6 @@ def sample_points(l: torch.Tensor, u: torch.Tensor, crit: list[float], m: int, s
     z[:, 2:2 + special.numel()] = special.expand(l.shape[0], -1)
     z = z.to(F64)
     return torch.minimum(torch.maximum(z, L), U)
-
-
-def random_params(op, l: torch.Tensor, u: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    init = op.init_params(l, u)
-    width = (u - l).to(F64) + 1.0
-    return {k: (v.to(F64) + 2.0 * width * torch.randn(v.shape, generator=g, dtype=F64)).to(v.dtype)
-            for k, v in init.items()}
 
 
 def assert_sound(op, l: torch.Tensor, u: torch.Tensor, params, crit: list[float], seed: int, m: int = 400) -> None:
