@@ -21,6 +21,7 @@ from genbab.attack.witness import Replayer, Witness
 from genbab.bab.loop import BabConfig
 from genbab.bounds.alpha import AlphaConfig
 from genbab.errors import SpecError, UnsupportedOpError
+from genbab.model.graph import ConstantOutputError
 from genbab.model.loading import load_model
 from genbab.model.model import Model
 from genbab.prove import prove_cases
@@ -66,7 +67,12 @@ def verify(model: Model | str | Path, spec: Spec | str | Path, timeout: float = 
     device = engine_config.device
     start = time.monotonic()
     deadline = start + timeout
-    model = load_model(model) if isinstance(model, (str, Path)) else model
+    try:
+        model = load_model(model) if isinstance(model, (str, Path)) else model
+    except ConstantOutputError as err:  # the output ignores the input: decided on its constant value
+        from genbab.constant_output import decide
+
+        return decide(err, load_spec(spec) if isinstance(spec, (str, Path)) else spec, start)
     spec = load_spec(spec) if isinstance(spec, (str, Path)) else spec
     check_dimensions(model, spec)
     stats: dict = {"load_s": round(time.monotonic() - start, 4), "n_cases": spec.n_cases,

@@ -115,7 +115,7 @@ def test_pad_without_axes(tmp_path: Path) -> None:
 
 def test_resize_opset18_nearest(tmp_path: Path) -> None:
     scales = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
-    roi = numpy_helper.from_array(np.array([], np.float32), "roi")  # onnx2torch reads an empty name as a node
+    roi = numpy_helper.from_array(np.array([], np.float32), "roi")  # an empty name: tests/test_opset_loading.py
     nodes = [helper.make_node("Resize", ["x", "roi", "scales"], ["y"], mode="nearest")]
     check_against_onnxruntime(write(tmp_path, nodes, [1, 3, 8, 10], [scales, roi]))
 

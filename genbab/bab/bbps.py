@@ -16,6 +16,12 @@ Splitting neuron ``j`` at ``p`` rebuilds ``h``'s lines on ``[l_j, p]`` and ``[p,
 child's gain ``min_c (estimate_c - estimate)``; every neuron and both children are scored in
 one batched computation per node (chunked over neurons to bound memory). The scores only
 steer the search; soundness never depends on them.
+
+Products ``p = x * y`` (elementwise, one shape): ``Lambda`` at ``p`` through the planes gives
+coefficients ``a_x``, ``a_y`` on both factors and the bias ``beta``; both factors take their
+shortcut (``G = a_x+ W^x_l + a_x- W^x_u + a_y+ W^y_l + a_y- W^y_u``), and splitting ``x_j`` rebuilds
+the planes of ``p_j`` on the child box, a rank-two update of ``G`` (rows ``j`` of both factors'
+shortcuts), scored like the rank-one case (:func:`product_node_scores`).
 """
 
 from __future__ import annotations
@@ -146,3 +152,80 @@ def _score_upper_bounds(shortcut: Shortcut, children, center: torch.Tensor, radi
         b = b.nan_to_num(nan=-torch.inf)
         bound = b if bound is None else torch.minimum(bound, b)
     return bound
+
+
+def product_node_scores(engine: BoundEngine, reader: Node, split_x: bool, shortcuts: tuple[Shortcut, Shortcut],
+                        lam: torch.Tensor, bounds_x: tuple[torch.Tensor, torch.Tensor],
+                        bounds_y: tuple[torch.Tensor, torch.Tensor], points: torch.Tensor, box: Box,
+                        top_k: int | None = None) -> torch.Tensor:
+    """``[D, n]`` worst-child estimated gains of splitting each neuron of one factor of the
+    elementwise product ``reader`` (``split_x``: the factor ``x``, else ``y``) at ``points``.
+
+    ``shortcuts``: ``(x's, y's)``; ``lam``: ``[D, n]`` coefficient of the best row at the product;
+    ``bounds_x`` / ``bounds_y``: ``[D, n]`` factor bounds; ``points``: ``[D, n]`` in the split factor.
+    With ``top_k`` only the ``top_k`` neurons of highest cheap upper bound are scored exactly."""
+    from genbab.ops.bilinear import PRODUCT_OPS
+
+    relax = PRODUCT_OPS[reader.op_type].relax
+    lam_p, lam_n = lam.clamp(min=0), lam.clamp(max=0)
+    sx, sy = shortcuts
+
+    def coeffs(lx, ux, ly, uy):
+        """(a_x, a_y, beta) of ``Lambda p`` with planes on the box."""
+        planes = relax(lx, ux, ly, uy)
+        (cxl, cyl, bl), (cxu, cyu, bu) = planes.lower, planes.upper
+        beta = lam_p * bl + lam_n * bu
+        return (lam_p * cxl + lam_n * cxu, lam_p * cyl + lam_n * cyu,
+                torch.where(lam == 0, torch.zeros_like(beta), beta))
+
+    (lx, ux), (ly, uy) = bounds_x, bounds_y
+    a_x, a_y, beta = coeffs(lx, ux, ly, uy)
+    parts = ((a_x.clamp(min=0), a_x.clamp(max=0), sx), (a_y.clamp(min=0), a_y.clamp(max=0), sy))
+    G = sum(p @ sc.W_l + n @ sc.W_u for p, n, sc in parts)  # [D, n_in]
+    D = G.shape[0]
+    center = box.center.reshape(D, -1).to(G.dtype)
+    radius = box.radius.reshape(D, -1).to(G.dtype)
+    base = _concretize(G, center, radius)
+    children = []
+    for side in (0, 1):
+        if split_x:
+            box_c = (lx, points, ly, uy) if side == 0 else (points, ux, ly, uy)
+        else:
+            box_c = (lx, ux, ly, points) if side == 0 else (lx, ux, points, uy)
+        c_x, c_y, beta_c = coeffs(*box_c)
+        terms, d_const = [], beta_c - beta
+        for a_c, (p, n, sc) in zip((c_x, c_y), parts):
+            d_p, d_n = a_c.clamp(min=0) - p, a_c.clamp(max=0) - n
+            terms.append((d_p, d_n, sc))
+            d_const = d_const + d_p * sc.c_l + d_n * sc.c_u
+        children.append((terms, torch.nan_to_num(d_const, nan=-torch.inf)))
+    n_neurons = lam.shape[1]
+    idx = None
+    if top_k is not None and top_k < n_neurons:
+        bound = None
+        for terms, d_const in children:
+            b = d_const.clone()
+            for d_p, d_n, sc in terms:
+                b = b + d_p * (center @ sc.W_l.T) + d_n * (center @ sc.W_u.T)
+                b = b + d_p.abs() * (radius @ sc.W_l.abs().T) + d_n.abs() * (radius @ sc.W_u.abs().T)
+            b = b.nan_to_num(nan=-torch.inf)
+            bound = b if bound is None else torch.minimum(bound, b)
+        idx = torch.topk(bound, top_k, dim=1).indices
+    rows = torch.arange(n_neurons, device=G.device).expand(D, -1) if idx is None else idx
+    score = None
+    for terms, d_const in children:
+        k = rows.shape[1]
+        chunk = max(1, int(CHUNK_ELEMENTS // max(1, D * G.shape[1])))
+        gains = []
+        for s in range(0, k, chunk):
+            r = rows[:, s:s + chunk]  # [D, c]
+            G_new = G.unsqueeze(1).expand(-1, r.shape[1], -1)
+            for d_p, d_n, sc in terms:
+                dp, dn = d_p.gather(1, r), d_n.gather(1, r)
+                G_new = G_new + dp[..., None] * sc.W_l[r] + dn[..., None] * sc.W_u[r]
+            gains.append(_concretize(G_new, center.unsqueeze(1), radius.unsqueeze(1)) - base.unsqueeze(1))
+        gain = (torch.cat(gains, dim=1) + d_const.gather(1, rows)).nan_to_num(nan=-torch.inf)
+        score = gain if score is None else torch.minimum(score, gain)
+    if idx is None:
+        return score
+    return torch.full((D, n_neurons), -torch.inf, dtype=G.dtype, device=G.device).scatter(1, idx, score)

@@ -1,7 +1,9 @@
 """Where to split a neuron's interval: pre-optimized branching points (run-time lookup).
 
-``split_point(op, lo, hi, mode)`` for elementwise ops and ``product_split(lx, ux, ly, uy, mode)``
-for products ``x y``.  Modes:
+``split_point(op, lo, hi, mode)`` for elementwise ops, ``product_split(lx, ux, ly, uy, mode)``
+for products ``x y`` (which factor, and where) and ``factor_split_point(lx, ux, ly, uy, mode)``
+for a split of the factor ``x`` of ``x y`` (the table's fraction where the table picks ``x``
+for that box, else the midpoint).  Modes:
 
 * ``"opt"``: the tables of :mod:`genbab.lookup_tables.build`.  1-D: ``[lo, hi]`` is rounded
   inward to the grid (``g_i >= lo``, ``g_j <= hi``, ``g_k = grid_lo + k step``) and
@@ -291,3 +293,21 @@ def product_split(lx: Tensor, ux: Tensor, ly: Tensor, uy: Tensor, mode: str | No
     fb = fallback_point(lo, hi)
     point = torch.where(torch.isfinite(lo) & torch.isfinite(hi), lo + t * (hi - lo), fb)
     return split_x, _inside(point, lo, hi, fb)
+
+
+def factor_split_point(lx: Tensor, ux: Tensor, ly: Tensor, uy: Tensor, mode: str | None = None) -> Tensor:
+    """Float64 points to split the factor ``x`` of ``z = x y`` on ``[lx, ux] x [ly, uy]`` (broadcast):
+    ``lx + t (ux - lx)`` with the product table's fraction ``t`` where the table (``opt``) picks
+    ``x`` for the box's cell, the midpoint elsewhere (and in ``uniform`` mode). Strictly inside
+    ``(lx, ux)`` where such a float64 exists; infinite ends as :func:`fallback_point`."""
+    mode = _mode(mode)
+    lx, ux, ly, uy = torch.broadcast_tensors(*(t.to(F64) for t in (lx, ux, ly, uy)))
+    fb = fallback_point(lx, ux)
+    table = load_table(PRODUCT_KEY) if mode == "opt" else None
+    if not isinstance(table, ProductTable) or not lx.numel():
+        return _inside(fb, lx, ux, fb)
+    sy, tt = table.on(lx.device)
+    ix, iy = _rho_index(lx, ux, table), _rho_index(ly, uy, table)
+    use = ~sy[ix, iy] & torch.isfinite(lx) & torch.isfinite(ux)
+    point = torch.where(use, lx + tt[ix, iy] * (ux - lx), fb)
+    return _inside(point, lx, ux, fb)

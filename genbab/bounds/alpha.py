@@ -1,7 +1,9 @@
 """alpha-CROWN: optimise the relaxation parameters for the final objective.
 
 For every elementwise node with parameters (tangent points, lower slopes...), one set per
-box and per objective row, shape ``[B, S, *node_shape]``. We maximise ``sum`` of the row
+box and per objective row, shape ``[B, S, *node_shape]``; for every product node (``Mul`` /
+``MatMul`` of two variables) the McCormick weights ``alpha_lower`` / ``alpha_upper``, shape
+``[B, S, *products]`` (``MatMul``: the products ``p_ijk``, see :mod:`genbab.ops.bilinear`). We maximise ``sum`` of the row
 lower bounds with Adam, projecting the parameters back into their valid set after each step
 (so every iterate gives a sound bound) and keep the elementwise best bound seen.
 Tangent points are optimised in units of the interval width ``u - l`` so that one learning
@@ -20,6 +22,7 @@ from genbab.bounds import rounding
 
 from genbab.bounds.box import Box
 from genbab.bounds.engine import BoundEngine, Bounds, Params
+from genbab.ops.bilinear import PRODUCT_OPS
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,7 @@ class AlphaConfig:
     lr: float = 0.2
     lr_decay: float = 0.95
     stop_when_positive: bool = True  # stop early once every row is proved (> 0)
+    products: bool = True  # optimise the McCormick weights of product nodes too (False: fixed planes)
 
 
 def _scale(name: str, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
@@ -37,21 +41,53 @@ def _scale(name: str, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
     return torch.ones_like(lo)
 
 
+def relaxer(engine: BoundEngine, node, bounds: Bounds, products: bool = True):
+    """``(op, operands)`` of a node with relaxation parameters, or None: ``op`` has
+    ``init_params(*operands)`` / ``project_params(params, *operands)``; ``operands`` are the
+    bounds ``[B, 1, ...]`` its relaxation reads (elementwise: ``(lo, hi)`` of the input; a
+    product: the expanded ``(lx, ux, ly, uy)`` of its two factors)."""
+    rule = engine.rules[node.name]
+    if rule.kind == "elementwise" and rule.op.traits.param_names:
+        return rule.op, tuple(b.unsqueeze(1) for b in bounds[node.inputs[0]])
+    if products and rule.kind == "bilinear" and node.op_type in PRODUCT_OPS:
+        op = PRODUCT_OPS[node.op_type]
+        lx, ux, ly, uy = engine.bilinear_operands(node, bounds)[:4]
+        return op, op.expand(*(b.unsqueeze(1) for b in (lx, ux, ly, uy)))
+    return None
+
+
+def param_elements(engine: BoundEngine, before: int | None = None, products: bool = True) -> int:
+    """Parameter elements per box and row of the nodes before index ``before``."""
+    total = 0
+    for node in engine.nodes[:before]:
+        rule = engine.rules[node.name]
+        if rule.kind == "elementwise" and rule.op.traits.param_names:
+            total += math.prod(engine.shapes[node.inputs[0]])
+        elif products and rule.kind == "bilinear" and node.op_type in PRODUCT_OPS:
+            ix, iy = engine.bilinear_operands(node, {i: (None, None) for i in node.inputs})[4:]
+            x, y = (torch.empty((1, *engine.shapes[node.inputs[i]]), device="meta") for i in (ix, iy))
+            total += math.prod(torch.broadcast_shapes(*(t.shape for t in PRODUCT_OPS[node.op_type].expand(x, x, y, y))))
+    return total
+
+
 class AlphaParams:
-    """Free variables ``r`` with parameters ``p = r * scale`` per elementwise node."""
+    """Free variables ``r`` with parameters ``p = r * scale`` per parameterised node
+    (elementwise ops and, with ``products``, product nodes)."""
 
     def __init__(self, engine: BoundEngine, bounds: Bounds, n_rows: int, before: int | None = None,
-                 warm: dict[str, torch.Tensor] | None = None):
-        self.engine, self.bounds = engine, bounds
+                 warm: dict[str, torch.Tensor] | None = None, products: bool = True):
+        self.engine, self.bounds, self.products = engine, bounds, products
         self.free: dict[str, dict[str, torch.Tensor]] = {}
         self.scales: dict[str, dict[str, torch.Tensor]] = {}
         for node in engine.nodes[:before]:
-            rule = engine.rules[node.name]
-            if rule.kind != "elementwise" or not rule.op.traits.param_names:
+            found = relaxer(engine, node, bounds, products)
+            if found is None:
                 continue
-            lo, hi = (b.unsqueeze(1) for b in bounds[node.inputs[0]])
-            init = rule.op.init_params(lo, hi)
-            shape = (lo.shape[0], n_rows, *lo.shape[2:])
+            op, operands = found
+            init = op.init_params(*operands)
+            lo, hi = operands[:2]
+            full = torch.broadcast_shapes(*(o.shape for o in operands))
+            shape = (full[0], n_rows, *full[2:])
             self.scales[node.name] = {k: _scale(k, lo, hi) for k in init}
             init = {k: _warm(v.expand(shape), (warm or {}).get(f"alpha/{node.name}/{k}")) for k, v in init.items()}
             self.free[node.name] = {k: (v / self.scales[node.name][k]).clone().requires_grad_(True)
@@ -74,11 +110,11 @@ class AlphaParams:
         """Clamp every parameter into its valid set (in place)."""
         for name, group in self.free.items():
             node = self.engine.nodes[self.engine.index[name]]
-            lo, hi = (b.unsqueeze(1) for b in self.bounds[node.inputs[0]])
+            op, operands = relaxer(self.engine, node, self.bounds, self.products)
             params = {k: v * self.scales[name][k] for k, v in group.items()}
-            projected = self.engine.rules[name].op.project_params(params, lo, hi)
+            projected = op.project_params(params, *operands)
             for k, v in group.items():
-                v.copy_(projected[k].to(v.dtype) / self.scales[name][k])
+                v.copy_(projected[k].to(v.dtype).expand(v.shape) / self.scales[name][k])
 
 
 class BetaParams:
@@ -154,7 +190,7 @@ def optimize_rows(engine: BoundEngine, C: torch.Tensor, box: Box, bounds: Bounds
         best = rounding.subtract(engine.bound_rows(C, box, bounds, record=record), offset)
     if record is not None:
         record["rows"] = best.clone()  # the plain CROWN rows, whose input coefficients record holds
-    alpha = AlphaParams(engine, bounds, C.shape[1], warm=warm)
+    alpha = AlphaParams(engine, bounds, C.shape[1], warm=warm, products=config.products)
     beta = BetaParams(splits or {}, C.shape[1], engine.dtype, warm=warm, device=engine.device)
     if not (alpha.free or beta.free) or config.iterations == 0 or (
             config.stop_when_positive and bool((best > 0).all())):
@@ -188,7 +224,7 @@ def tighten_intermediates(engine: BoundEngine, box: Box, bounds: Bounds, iterati
     """Intermediate bounds tightened by alpha-CROWN, node by node in topological order.
 
     For each CROWN target ``z`` (``n`` neurons) the rows ``+e_j`` and ``-e_j`` get their own
-    relaxation parameters for every elementwise node before ``z``, optimised with Adam for
+    relaxation parameters for every parameterised node (elementwise or product) before ``z``, optimised with Adam for
     ``sum_j lb_j(z) - ub_j(z)``; the best bounds seen are intersected with the current ones, and
     the interval bounds of every later node are refreshed before the next target. Every iterate
     is a sound bound, so stopping at the deadline (or skipping a node whose parameters would
@@ -222,8 +258,7 @@ def _optimize_node(engine: BoundEngine, node, box: Box, bounds: Bounds, iteratio
     shape = engine.shapes[node.name]
     n = math.prod(shape)
     before = engine.index[node.name]
-    per_row = sum(math.prod(engine.shapes[m.inputs[0]]) for m in engine.nodes[:before]
-                  if engine.rules[m.name].kind == "elementwise" and engine.rules[m.name].op.traits.param_names)
+    per_row = param_elements(engine, before)
     if per_row == 0 or 2 * n * per_row * box.batch > max_param_elements:
         return None
     eye = torch.eye(n, dtype=engine.dtype, device=engine.device)

@@ -36,8 +36,9 @@ from genbab.bounds.nonlinear import (bilinear_backward, elementwise_backward, ma
                                      matmul_interval, product_interval)
 from genbab.model.graph import Graph, InputRef, Node
 from genbab.model.simplify import simplify_for_bounds
-from genbab.ops.bilinear import relax_mul
+from genbab.ops.bilinear import PRODUCT_OPS
 from genbab.ops.registry import NodeRule, rule_for
+from genbab.ops.relaxation import Relaxation
 
 Bounds = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
@@ -79,30 +80,76 @@ class BoundEngine:
         self.shapes = {self.graph.input_name: self.graph.input_shape}
         self.shapes.update({n.name: n.out_shape for n in self.nodes})
         self.needs_bounds = {i for n in self.nodes if self.rules[n.name].kind != "affine" for i in n.inputs}
-        self.crown_targets = self._crown_targets()
         self.max_rows_elements = max_rows_elements
         self._affine: dict[str, AffineMap] = {}
+        self._affine_info: dict[tuple, object] = {}  # sparse Jacobians and probes, see sparse_rows_apply
+        self.crown_targets = self._crown_targets()
         self._magnitudes: dict[tuple, tuple] = {}  # affine image magnitudes, see affine_magnitude
         self.terms = {n.name: rounding_terms(n, [self.shapes[i] for i in n.inputs], n.out_shape)
                       for n in self.nodes if self.rules[n.name].kind == "affine"}  # (forward, backward)
 
     # ----------------------------------------------------------------- helpers
-    def _crown_targets(self, max_neurons: int = 4096) -> set[str]:
+    def _crown_targets(self, max_neurons: int = 4096, max_work: float = 1.2e9) -> set[str]:
         """Nodes whose bounds CROWN computes: the inputs of nonlinear nodes, except that a large one
         made by a single-input affine node (softmax's pairwise differences, say) hands the job to
         that node's input, and its own bounds follow by the (exact) interval step. Nodes still
-        larger than ``max_neurons`` keep interval bounds."""
+        larger than ``max_neurons`` keep interval bounds unless their backward work (see
+        :meth:`crown_work`: ``2n`` rows times the values of the backward cone) is at most ``max_work``
+        (a convolution layer of a small network); a node larger than its one input hands the job
+        on regardless."""
         producers = {n.name: n for n in self.nodes}
         targets = set()
         for name in self.needs_bounds:
-            while name in producers and self._interval_exact(producers[name]):
-                name = producers[name].inputs[0]
-            while (name in producers and math.prod(self.shapes[name]) > max_neurons
-                   and self.rules[name].kind == "affine" and len(producers[name].inputs) == 1):
-                name = producers[name].inputs[0]
-            if math.prod(self.shapes[name]) <= max_neurons:
+            previous = None
+            while name != previous:  # alternate both hand-overs until neither applies
+                previous = name
+                while name in producers and self._interval_exact(producers[name]):
+                    name = producers[name].inputs[0]
+                while (name in producers and math.prod(self.shapes[name]) > max_neurons
+                       and self.rules[name].kind == "affine" and len(producers[name].inputs) == 1
+                       and (self._too_costly(name, max_work) or self._expands(producers[name]))):
+                    name = producers[name].inputs[0]
+            if math.prod(self.shapes[name]) <= max_neurons or (name in producers and not self._too_costly(name, max_work)):
                 targets.add(name)  # larger ones keep their interval bounds (CROWN would cost 2n passes)
         return targets
+
+    def _too_costly(self, name: str, max_work: float, max_sparse_neurons: int = 65536) -> bool:
+        """Is CROWN on the large node ``name`` too costly: dense passes doing more than ``max_work``
+        (:meth:`crown_work`), or, on the rows' supports (:meth:`sparse_rows_apply`), more than
+        ``max_sparse_neurons`` neurons?"""
+        if self.sparse_rows_apply(name):
+            return math.prod(self.shapes[name]) > max_sparse_neurons
+        return self.crown_work(name) > max_work
+
+    def _expands(self, node: Node) -> bool:
+        """Has the single-input ``node`` more values than its input (pairwise differences, upsampling)?"""
+        return math.prod(self.shapes[node.name]) > math.prod(self.shapes[node.inputs[0]])
+
+    def backward_cone(self, name: str) -> list[str]:
+        """The nodes a backward pass from ``name`` visits (``name`` and its ancestors, graph order)."""
+        cone, todo = {name}, [name]
+        while todo:
+            for i in self.nodes[self.index[todo.pop()]].inputs:
+                if i in self.index and i not in cone:
+                    cone.add(i)
+                    todo.append(i)
+        return sorted(cone, key=self.index.__getitem__)
+
+    def _widest_in(self, names: list[str]) -> int:
+        """Values per row of the widest backward tensor over ``names`` (a node, or the products
+        ``x_ij y_jk`` of a MatMul of two variables)."""
+        widest = [math.prod(self.shapes[n]) for n in names] + [math.prod(self.shapes[self.graph.input_name])]
+        for n in names:
+            node = self.nodes[self.index[n]]
+            if node.op_type == "MatMul" and self.rules[n].kind == "bilinear":
+                widest.append(math.prod(self.shapes[n]) * self.shapes[node.inputs[0]][-1])
+        return max(widest)
+
+    def crown_work(self, name: str) -> int:
+        """``2n * sum_k |z_k|`` over the backward cone of ``name`` (``n`` neurons): the values the
+        CROWN passes of :meth:`crown_node` write, a proxy of their cost."""
+        return 2 * math.prod(self.shapes[name]) * sum(
+            math.prod(self.shapes[n]) for n in self.backward_cone(name) + [self.graph.input_name])
 
     def _interval_exact(self, node: Node) -> bool:
         """Is CROWN on ``node`` never tighter than the interval step from its one input's bounds?
@@ -236,25 +283,172 @@ class BoundEngine:
                    deadline: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """CROWN lower and upper bounds of node ``name`` (rows ``+e_i`` and ``-e_i``), in row chunks.
 
-        A chunk's widest backward tensor (a node, or the products ``x_ij y_jk`` of a MatMul of two
-        variables) holds at most ``min(max_rows_elements, 2e6)`` numbers: 16 MB in float64 stays
-        in the allocator's heap and the caches; larger chunks cost page faults, not speed."""
+        A chunk's widest backward tensor (a node of the backward cone of ``name``, or the products
+        ``x_ij y_jk`` of a MatMul of two variables) holds at most ``min(max_rows_elements, 2e6)``
+        numbers: 16 MB in float64 stays in the allocator's heap and the caches; larger chunks cost
+        page faults, not speed. Each chunk's rows are made on the fly (no ``2n x n`` identity)."""
+        if self.sparse_rows_apply(name):
+            return self._crown_node_sparse(name, box, bounds, deadline)
         shape = self.shapes[name]
         n = math.prod(shape)
-        widest = max([math.prod(s) for s in self.shapes.values()] + [
-            math.prod(self.shapes[node.name]) * self.shapes[node.inputs[0]][-1]
-            for node in self.nodes if node.op_type == "MatMul" and self.rules[node.name].kind == "bilinear"])
+        widest = self._widest_in(self.backward_cone(name))
         chunk = max(1, int(min(self.max_rows_elements, 2e6) // (box.batch * widest)))
-        eye = torch.eye(n, dtype=self.dtype, device=self.device)
-        rows = torch.cat([eye, -eye])
         out = []
         for start in range(0, 2 * n, chunk):
             if deadline is not None and time.monotonic() >= deadline:
                 raise BoundsTimeout(f"deadline passed while bounding {name}")
-            A = rows[start:start + chunk].reshape(1, -1, *shape).expand(box.batch, -1, *shape)
-            out.append(self.bound_linear(name, A, box, bounds))
+            A = self.unit_rows(start, min(start + chunk, 2 * n), n).reshape(1, -1, *shape)
+            out.append(self.bound_linear(name, A.expand(box.batch, -1, *shape), box, bounds))
         lb = torch.cat(out, dim=1)
         return lb[:, :n].reshape(box.batch, *shape), (-lb[:, n:]).reshape(box.batch, *shape)
+
+    def unit_rows(self, first: int, last: int, n: int) -> torch.Tensor:
+        """Rows ``first..last-1`` ``[last - first, n]`` of ``[I; -I]`` (``2n x n``)."""
+        k = torch.arange(first, last, device=self.device)
+        rows = torch.zeros(last - first, n, dtype=self.dtype, device=self.device)
+        rows[torch.arange(last - first, device=self.device), k % n] = torch.where(k < n, 1.0, -1.0).to(self.dtype)
+        return rows
+
+    # ------------------------------------------------ CROWN rows on their support (convolutions)
+    def chain_to_input(self, name: str) -> list[Node] | None:
+        """The nodes from ``name`` back to the graph input (``name`` first) when each one has one
+        input and is affine or elementwise (a chain: no coefficient is ever a sum), else None."""
+        chain, current = [], name
+        while current != self.graph.input_name:
+            node = self.nodes[self.index[current]] if current in self.index else None
+            if node is None or len(node.inputs) != 1 or self.rules[current].kind not in ("affine", "elementwise"):
+                return None
+            chain.append(node)
+            current = node.inputs[0]
+        return chain
+
+    def sparse_rows_apply(self, name: str, max_density: float = 0.25, min_neurons: int = 1024) -> bool:
+        """Does :meth:`crown_node` bound ``name`` on the rows' supports? Yes for a chain
+        (:meth:`chain_to_input`) of at least ``min_neurons`` outputs whose affine nodes have sparse
+        or short rows (a probe row ``e_mid L`` with at most ``max_density`` of its values or 1024
+        nonzeros: convolutions, upsampling, a first linear layer of a small input)."""
+        key = ("sparse", name, max_density, min_neurons)
+        if key not in self._affine_info:
+            chain = self.chain_to_input(name)
+            ok = chain is not None and math.prod(self.shapes[name]) >= min_neurons
+            affine = [n for n in (chain or []) if self.rules[n.name].kind == "affine"]
+            for node in affine if ok else ():
+                out, n_out = self.shapes[node.name], math.prod(self.shapes[node.name])
+                probe = torch.zeros(1, 1, n_out, dtype=self.dtype, device=self.device)
+                probe[0, 0, n_out // 2] = 1
+                (row,), _ = self.affine(node).backward(probe.reshape(1, 1, *out))
+                ok = ok and int((row != 0).sum()) <= max(max_density * row.numel(), 1024)
+            self._affine_info[key] = ok and bool(affine)
+        return self._affine_info[key]
+
+    def jacobian_rows(self, node: Node) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The Jacobian ``L`` ``[n_out, n_in]`` of a single-input affine node in CSR form: row
+        pointers ``[n_out + 1]``, column indices and values ``[nnz]`` (rows ``e_o L`` by the node's
+        own backward step, in chunks of at most 2e6 values; cached)."""
+        key = ("jacobian", node.name)
+        if key not in self._affine_info:
+            out, n_out, n_in = self.shapes[node.name], math.prod(self.shapes[node.name]), math.prod(
+                self.shapes[node.inputs[0]])
+            chunk = max(1, int(2e6 // max(n_in, n_out)))
+            counts, columns, values = [], [], []
+            for first in range(0, n_out, chunk):
+                last = min(first + chunk, n_out)
+                rows = torch.zeros(last - first, n_out, dtype=self.dtype, device=self.device)
+                rows[torch.arange(last - first), torch.arange(first, last)] = 1
+                with torch.no_grad():
+                    (coeff,), _ = self.affine(node).backward(rows.reshape(1, last - first, *out))
+                coeff = coeff.reshape(last - first, n_in)
+                r, c = coeff.nonzero(as_tuple=True)  # row-major order
+                counts.append(torch.bincount(r, minlength=last - first))
+                columns.append(c)
+                values.append(coeff[r, c])
+            crow = torch.cat([torch.zeros(1, dtype=torch.long, device=self.device), torch.cat(counts).cumsum(0)])
+            self._affine_info[key] = (crow, torch.cat(columns), torch.cat(values))
+        return self._affine_info[key]
+
+    def _rows_of(self, node: Node, cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows ``cols`` ``[k]`` of the node's Jacobian restricted to their joint support: the
+        support ``[k']`` (input indices) and ``L[cols][:, support]`` ``[k, k']`` (dense: a dense
+        product beats a sparse one at these sizes)."""
+        crow, col, val = self.jacobian_rows(node)
+        starts, counts = crow[cols], crow[cols + 1] - crow[cols]
+        seg = torch.repeat_interleave(torch.arange(len(cols), device=self.device), counts)
+        offsets = torch.arange(int(counts.sum()), device=self.device) - torch.repeat_interleave(
+            counts.cumsum(0) - counts, counts)
+        pos = starts[seg] + offsets
+        support, inverse = torch.unique(col[pos], return_inverse=True)
+        L_sub = torch.zeros(len(cols), len(support), dtype=val.dtype, device=val.device)
+        L_sub[seg, inverse] = val[pos]
+        return support, L_sub
+
+    def _crown_node_sparse(self, name: str, box: Box, bounds: Bounds,
+                           deadline: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`crown_node` for a chain of affine and elementwise nodes (see
+        :meth:`sparse_rows_apply`): each chunk of rows ``+-e_i`` (all channels of a few positions,
+        axis -3 taken as the channels) is propagated as ``A`` ``[B, R, k]`` over the ``k`` values its
+        rows can touch, through the explicit sparse Jacobians; lines, rounding ledger and
+        concretisation as in :meth:`backward` and :func:`concretize_lower`, over those values."""
+        shape, B = self.shapes[name], box.batch
+        n = math.prod(shape)
+        chain = self.chain_to_input(name)
+        lines = {}
+        for node in chain:
+            if self.rules[node.name].kind == "elementwise":
+                lo, hi = bounds[node.inputs[0]]
+                r = self.relax(self.rules[node.name].op, lo.unsqueeze(1), hi.unsqueeze(1), None)
+                full = (B, 1, *self.shapes[node.inputs[0]])
+                lines[node.name] = [torch.broadcast_to(t, full).reshape(B, 1, -1) for t in (
+                    r.slope_lower, r.bias_lower, r.slope_upper, r.bias_upper, rounding.magnitude(lo, hi).unsqueeze(1))]
+        order = torch.arange(n, device=self.device)
+        if len(shape) >= 3:  # position-major: rows sharing a position share their support
+            order = order.reshape(shape).movedim(-3, -1).reshape(-1)
+        per_chunk = max(1, int(min(self.max_rows_elements, 2e6) // (B * self._widest_in(self.backward_cone(name)))))
+        lb, ub = torch.empty(B, n, dtype=self.dtype, device=self.device), torch.empty(B, n, dtype=self.dtype,
+                                                                                      device=self.device)
+        lower, upper = box.lower.reshape(B, -1), box.upper.reshape(B, -1)
+        for first in range(0, n, per_chunk):
+            if deadline is not None and time.monotonic() >= deadline:
+                raise BoundsTimeout(f"deadline passed while bounding {name}")
+            neurons = order[first:first + per_chunk]
+            h = len(neurons)
+            cols, inverse = torch.unique(neurons, return_inverse=True)
+            A = torch.zeros(B, 2 * h, len(cols), dtype=self.dtype, device=self.device)
+            A[:, torch.arange(h), inverse] = 1
+            A[:, torch.arange(h, 2 * h), inverse] = -1
+            A, cols, bias = self._sparse_backward(chain, A, cols, bounds, lines)
+            sub = Box(lower[:, cols], upper[:, cols])
+            value = concretize_lower(A, bias, sub, "torch")
+            lb[:, neurons], ub[:, neurons] = value[:, :h], -value[:, h:]
+        return lb.reshape(B, *shape), ub.reshape(B, *shape)
+
+    def _sparse_backward(self, chain: list[Node], A: torch.Tensor, cols: torch.Tensor, bounds: Bounds,
+                         lines: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``A`` ``[B, R, k]`` on the values ``cols`` of ``chain[0]`` back to the input: the input
+        coefficients ``[B, R, k_in]``, their input indices ``[k_in]`` and the bias ``[B, R]`` less
+        the rounding ledger (the steps of :meth:`backward_step`, their error terms over ``k`` values)."""
+        B, R = A.shape[:2]
+        bias = torch.zeros(B, R, dtype=self.dtype, device=self.device)
+        err = torch.zeros(B, R, dtype=self.dtype, device=self.device)
+        for node in chain:
+            if self.rules[node.name].kind == "elementwise":
+                s_l, b_l, s_u, b_u, m = (t[..., cols] for t in lines[node.name])
+                relaxation = Relaxation(s_l, b_l, s_u, b_u)
+                A_next, b = elementwise_backward(A, relaxation, "torch")
+                e = rounding.elementwise_error(A, relaxation, m)
+            else:
+                affine, k = self.affine(node), len(cols)
+                support, L_sub = self._rows_of(node, cols)
+                A_next = A @ L_sub
+                const = None if affine._const_zero else affine._const_flat[cols]
+                b = torch.zeros(B, R, dtype=self.dtype, device=self.device) if const is None else A @ const
+                v = self.affine_magnitude(node, [bounds[node.inputs[0]]]).reshape(B, -1)[:, cols]
+                # the rows e_o L (the node's own backward arithmetic) and then sums of k products
+                e = rounding.affine_error(A, v, self.terms[node.name][1] + k + 4, const)
+                cols = support
+            bias = bias + b
+            err = err + e + rounding.bias_add_error(bias)
+            A = A_next
+        return A, cols, rounding.subtract(bias, err * rounding.SAFETY)
 
     def bound_linear(self, start: str, A: torch.Tensor, box: Box, bounds: Bounds,
                      params: Params | None = None, record: dict | None = None,
@@ -353,14 +547,14 @@ class BoundEngine:
             return [(node.inputs[0], coeff)], bias, err
         lx, ux, ly, uy, ix, iy = self.bilinear_operands(node, bounds)
         x_shape, y_shape = self.shapes[node.inputs[ix]], self.shapes[node.inputs[iy]]
-        if node.op_type == "MatMul":
-            lx, ux, ly, uy = matmul_expand(lx, ux, ly, uy)
-        relaxed = relax_mul(lx.unsqueeze(1), ux.unsqueeze(1), ly.unsqueeze(1), uy.unsqueeze(1), params)
+        product = PRODUCT_OPS[node.op_type]  # the products' planes, parameters [B, S, *products] (or None)
+        relaxed = product.relax(*product.expand(lx.unsqueeze(1), ux.unsqueeze(1), ly.unsqueeze(1), uy.unsqueeze(1)),
+                                params)
         planes = (relaxed.lower, relaxed.upper)
-        step = matmul_backward if node.op_type == "MatMul" else bilinear_backward
+        step = matmul_backward if product.contraction else bilinear_backward
         A_x, A_y, bias = step(A, planes, x_shape, y_shape)
         with torch.no_grad():
             (lx0, ux0), (ly0, uy0) = bounds[node.inputs[ix]], bounds[node.inputs[iy]]
             err = rounding.product_error(A.detach(), rounding.magnitude(lx0, ux0), rounding.magnitude(ly0, uy0),
-                                         node.op_type == "MatMul")
+                                         product.contraction)
         return [(node.inputs[ix], A_x), (node.inputs[iy], A_y)], bias, err

@@ -7,9 +7,13 @@
 - opset 18 moved ``axes`` of the reductions (``ReduceMean``, ``ReduceMax``... ``ReduceSum`` already
   in 13) and ``Pad`` into an optional input, and gave ``Split`` a ``num_outputs`` attribute
   (uneven splits: chunks of ``ceil(n / num_outputs)``, the last one shorter); onnx2torch stops at
-  opset 13 for these. ``Resize`` 18/19 and the ops whose later versions only admit new element
+  opset 13 for these. ``Pad`` with ``axes`` (any mode, ``wrap`` too) is :class:`PadAxes`. ``Resize`` 18/19 is
+  Resize 13, wrapped in :class:`ResizeAxes` for ``axes`` / ``keep_aspect_ratio_policy`` /
+  ``antialias`` (where it is a no-op). The ops whose later versions only admit new element
   types (Cast 19, Reshape 19/21...) reuse the older translator when the new attributes keep
   their old meaning, and are refused otherwise.
+
+- ``Selu`` with non-default ``alpha`` / ``gamma`` (onnx2torch takes only the defaults).
 
 Recurrent ops (LSTM, GRU) are not translated here: :mod:`genbab.model.unroll_rnn` rewrites them
 into primitive ONNX ops before translation.
@@ -155,46 +159,159 @@ def convert_split(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
     return OperationConverterResult(torch_module=module, onnx_mapping=OnnxMapping(inputs=inputs, outputs=node.output_values))
 
 
-class ConstantPadAxes(torch.nn.Module):
-    """ONNX ``Pad`` (constant mode) with an ``axes`` input: ``pads`` [begins..., ends...] of
-    those axes only, widened to every axis before padding."""
+def _pad_axis(x: torch.Tensor, axis: int, begin: int, end: int, mode: str, fill: float) -> torch.Tensor:
+    """Pad (negative: crop) one axis: ``constant`` with ``fill``, ``edge`` repeating the border,
+    ``reflect`` mirroring without repeating it, ``wrap`` cyclically."""
+    n = x.shape[axis]
+    if begin < 0 or end < 0:
+        start, stop = max(0, -begin), n - max(0, -end)
+        x, n, begin, end = x.narrow(axis, start, max(0, stop - start)), max(0, stop - start), max(0, begin), max(0, end)
+    if begin == 0 and end == 0:
+        return x
+    if mode == "constant":
+        def block(k: int) -> torch.Tensor:
+            return torch.full((*x.shape[:axis], k, *x.shape[axis + 1:]), fill, dtype=x.dtype, device=x.device)
+        return torch.cat([block(begin), x, block(end)], dim=axis)
+    if n == 0:
+        raise UnsupportedOpError(f"Pad: mode {mode!r} on an empty axis")
+    index = torch.arange(-begin, n + end, device=x.device)
+    if mode == "edge":
+        index = index.clamp(0, n - 1)
+    elif mode == "wrap":
+        index = index % n
+    elif n == 1:  # reflect of a single element repeats it
+        index = torch.zeros_like(index)
+    else:
+        period = 2 * (n - 1)
+        index = index.abs() % period
+        index = torch.where(index >= n, period - index, index)
+    return torch.index_select(x, axis, index)
+
+
+class PadAxes(torch.nn.Module):
+    """ONNX ``Pad`` 18+ with an ``axes`` input: ``pads`` [begins..., ends...] of those axes only
+    (negative values crop), in mode ``constant`` (fill ``constant_value``, default 0), ``edge``,
+    ``reflect`` or ``wrap``. Exact data movement (a constant fill is the only bias)."""
+
+    def __init__(self, mode: str = "constant"):
+        super().__init__()
+        self.mode = mode
 
     def forward(self, x: torch.Tensor, pads: torch.Tensor, value: torch.Tensor | None = None,
                 axes: torch.Tensor | None = None) -> torch.Tensor:
-        rank, pads = x.dim(), [int(p) for p in pads.reshape(-1)]
+        rank, pads_list = x.dim(), [int(p) for p in pads.reshape(-1)]
         axes_list = list(range(rank)) if axes is None else [int(a) % rank for a in axes.reshape(-1)]
-        begin, end = [0] * rank, [0] * rank
-        for k, a in enumerate(axes_list):
-            begin[a], end[a] = pads[k], pads[k + len(axes_list)]
-        torch_pads = [p for a in reversed(range(rank)) for p in (begin[a], end[a])]
+        if len(pads_list) != 2 * len(axes_list):
+            raise UnsupportedOpError(f"Pad: {len(pads_list)} pads for {len(axes_list)} axes")
         fill = 0.0 if value is None or value.numel() == 0 else float(value.reshape(-1)[0])
-        return F.pad(x, torch_pads, mode="constant", value=fill)
+        for k, a in enumerate(axes_list):
+            x = _pad_axis(x, a, pads_list[k], pads_list[k + len(axes_list)], self.mode, fill)
+        return x
+
+
+PAD_MODES = ("constant", "edge", "reflect", "wrap")
 
 
 def convert_pad(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
-    """Pad 18+: without ``axes`` exactly Pad 13; with ``axes`` only the constant mode."""
+    """Pad 18+: without ``axes`` (and not ``wrap``) exactly Pad 13; otherwise :class:`PadAxes`."""
     mode = node.attributes.get("mode", "constant")
     mode = mode.decode() if isinstance(mode, bytes) else mode
-    if mode == "wrap":
-        raise UnsupportedOpError(f"Pad node {node.name!r}: mode 'wrap' is not supported")
-    if not _has_input(node, 3):
+    if mode not in PAD_MODES:
+        raise UnsupportedOpError(f"Pad node {node.name!r}: mode {mode!r} is not supported")
+    if not _has_input(node, 3) and mode != "wrap":
         return get_converter("Pad", 13)(node, graph)
-    if mode != "constant":
-        raise UnsupportedOpError(f"Pad node {node.name!r}: 'axes' is only supported with mode 'constant'")
     values = list(node.input_values)
-    if not values[2]:
-        raise UnsupportedOpError(f"Pad node {node.name!r}: 'axes' without 'constant_value' is not supported")
-    return OperationConverterResult(torch_module=ConstantPadAxes(), onnx_mapping=OnnxMapping(inputs=values[:4], outputs=node.output_values))
+    inputs = values[:2] + [values[k] if _has_input(node, k) else None for k in (2, 3)]
+    mapping = OnnxMapping(inputs=tuple(v for v in inputs if v), outputs=node.output_values)
+    if all(inputs[2:]) or not inputs[3]:
+        return OperationConverterResult(torch_module=PadAxes(mode), onnx_mapping=mapping)
+    return OperationConverterResult(torch_module=_PadAxesNoValue(mode), onnx_mapping=mapping)
+
+
+class _PadAxesNoValue(PadAxes):
+    """:class:`PadAxes` called as ``(x, pads, axes)`` (no ``constant_value`` input)."""
+
+    def forward(self, x: torch.Tensor, pads: torch.Tensor, axes: torch.Tensor | None = None) -> torch.Tensor:
+        return super().forward(x, pads, None, axes)
+
+
+def _text_attr(node: OnnxNode, name: str, default: str) -> str:
+    value = node.attributes.get(name, default)
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class ResizeAxes(torch.nn.Module):
+    """ONNX ``Resize`` 18/19 options on top of the Resize 13 module ``inner``: ``axes`` (the scales
+    or sizes of those axes only; the others keep their size), ``keep_aspect_ratio_policy``
+    (``not_larger`` / ``not_smaller``: one scale ``min`` / ``max`` of ``sizes[i] / in[i]`` over the
+    axes, sizes ``floor(scale in[i] + 1/2)``; refused unless those are exactly ``scale in[i]``,
+    where the coordinate maps agree) and ``antialias`` (refused where a linear or cubic resize
+    shrinks an axis, the only place it changes the result)."""
+
+    def __init__(self, inner: torch.nn.Module, mode: str, axes: list[int] | None, policy: str, antialias: bool):
+        super().__init__()
+        self.inner, self.mode, self.policy, self.antialias = inner, mode, policy, bool(antialias)
+        self.axes = None if axes is None else [int(a) for a in axes]
+
+    def forward(self, x: torch.Tensor, roi: torch.Tensor | None = None, scales: torch.Tensor | None = None,
+                sizes: torch.Tensor | None = None) -> torch.Tensor:
+        rank, shape = x.dim(), list(x.shape)
+        axes = list(range(rank)) if self.axes is None else [a % rank for a in self.axes]
+        factors = [1.0] * rank
+        if scales is not None and scales.numel():
+            for a, f in zip(axes, scales.reshape(-1).tolist()):
+                factors[a] = float(f)
+            scales = torch.tensor(factors, dtype=scales.dtype)
+        if sizes is not None and sizes.numel():
+            wanted, out = [int(v) for v in sizes.reshape(-1)], list(shape)
+            if self.policy != "stretch":
+                pick = min if self.policy == "not_larger" else max
+                scale = pick(w / shape[a] for w, a in zip(wanted, axes))
+                wanted = [int(scale * shape[a] + 0.5) for a in axes]
+                if any(w != scale * shape[a] for w, a in zip(wanted, axes)):
+                    raise UnsupportedOpError("Resize: keep_aspect_ratio_policy with a scale that does not give "
+                                             "whole sizes is not supported")
+            for a, w in zip(axes, wanted):
+                out[a] = w
+            factors = [o / i if i else 1.0 for o, i in zip(out, shape)]
+            sizes = torch.tensor(out, dtype=torch.int64)
+        if self.antialias and self.mode != "nearest" and any(f < 1.0 for f in factors):
+            raise UnsupportedOpError("Resize: antialias when shrinking an axis is not supported")
+        return self.inner(x, roi, scales, sizes)
 
 
 def convert_resize(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
-    """Resize 18/19 with its new options at their defaults is Resize 13."""
+    """Resize 18/19: the Resize 13 module, wrapped in :class:`ResizeAxes` when ``axes``,
+    ``keep_aspect_ratio_policy`` or ``antialias`` is set."""
     attrs = node.attributes
-    policy = attrs.get("keep_aspect_ratio_policy", "stretch")
-    policy = policy.decode() if isinstance(policy, bytes) else policy
-    if attrs.get("antialias", 0) or _has_input(node, 4) or policy != "stretch" or len(node.input_values) > 4:
-        raise UnsupportedOpError(f"Resize node {node.name!r}: antialias, axes and keep_aspect_ratio_policy are not supported")
-    return get_converter("Resize", 13)(node, graph)
+    policy = _text_attr(node, "keep_aspect_ratio_policy", "stretch")
+    if policy not in ("stretch", "not_larger", "not_smaller"):
+        raise UnsupportedOpError(f"Resize node {node.name!r}: keep_aspect_ratio_policy {policy!r} is not supported")
+    result = get_converter("Resize", 13)(node, graph)
+    if not attrs.get("antialias", 0) and "axes" not in attrs and policy == "stretch":
+        return result
+    module = ResizeAxes(result.torch_module, _text_attr(node, "mode", "nearest"), attrs.get("axes"), policy,
+                        attrs.get("antialias", 0))
+    return OperationConverterResult(torch_module=module, onnx_mapping=result.onnx_mapping)
+
+
+class Selu(torch.nn.Module):
+    """ONNX ``Selu``: ``gamma x`` for ``x > 0``, ``gamma alpha (e^x - 1)`` otherwise."""
+
+    def __init__(self, alpha: float, gamma: float):
+        super().__init__()
+        self.alpha, self.gamma = float(alpha), float(gamma)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gamma * torch.where(x > 0, x, self.alpha * torch.expm1(x))
+
+
+def convert_selu(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    """Selu with any ``alpha`` / ``gamma`` (onnx2torch's translator takes only the defaults)."""
+    module = Selu(node.attributes.get("alpha", 1.67326319217681884765625),
+                  node.attributes.get("gamma", 1.05070102214813232421875))
+    return OperationConverterResult(torch_module=module,
+                                    onnx_mapping=OnnxMapping(inputs=node.input_values[:1], outputs=node.output_values))
 
 
 class Compare(torch.nn.Module):
@@ -269,13 +386,38 @@ def _opset18_table() -> dict[tuple[str, int], object]:
     return table
 
 
+# (op, version) -> our converter, used where onnx2torch's own refuses a valid node.
+FALLBACKS = {("Selu", 6): convert_selu}
+
+
 def register_converters() -> None:
-    """Add our converters to onnx2torch's registry (idempotent; never replaces onnx2torch's own)."""
+    """Add our converters to onnx2torch's registry (idempotent). onnx2torch's own stay first:
+    those of :data:`FALLBACKS` are only tried when it refuses the node."""
+    from onnx2torch.node_converters.registry import _CONVERTER_REGISTRY, OperationDescription
+
     table = {("Upsample", v): convert_upsample for v in (7, 9, 10)}
     table.update(_opset18_table())
     for (op, version), convert in table.items():
         if not _registered(op, version):
             add_converter(operation_type=op, version=version)(convert)
+    for (op, version), convert in FALLBACKS.items():
+        key = OperationDescription(domain="", operation_type=op, version=version)
+        original = _CONVERTER_REGISTRY.get(key)
+        if original is None:
+            _CONVERTER_REGISTRY[key] = convert
+        elif getattr(original, "genbab_fallback", None) is None:
+            _CONVERTER_REGISTRY[key] = _with_fallback(original, convert)
+
+
+def _with_fallback(first, second):
+    """A converter trying ``first`` and, when it refuses the node (ValueError, NotImplementedError), ``second``."""
+    def convert(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+        try:
+            return first(node, graph)
+        except (ValueError, NotImplementedError):
+            return second(node, graph)
+    convert.genbab_fallback = second
+    return convert
 
 
 def _registered(op: str, version: int) -> bool:

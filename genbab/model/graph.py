@@ -25,6 +25,18 @@ from genbab.errors import ModelError
 SHAPE_OPS = frozenset({"Shape", "Size"})
 
 
+class ConstantOutputError(ModelError):
+    """The model output does not depend on its input (nothing but shape queries reads it):
+    ``value`` is that constant output (one sample). The loader adds what replaying the model on
+    onnxruntime needs: ``onnx_bytes``, ``input_name``, ``onnx_input_shape``, ``np_dtype``, ``source``."""
+
+    def __init__(self, message: str, value: torch.Tensor, onnx_bytes: bytes = b"", input_name: str = "",
+                 onnx_input_shape: tuple[int, ...] = (), np_dtype: Any = None, source: str = ""):
+        super().__init__(message)
+        self.value, self.onnx_bytes, self.input_name = value, onnx_bytes, input_name
+        self.onnx_input_shape, self.np_dtype, self.source = tuple(onnx_input_shape), np_dtype, source
+
+
 @dataclass(frozen=True)
 class InputRef:
     """Placeholder in a node's arguments for the value of ``node.inputs[index]``."""
@@ -156,7 +168,9 @@ def build_graph(gm: torch.fx.GraphModule, input_shape: tuple[int, ...], dtype: t
     if not isinstance(output, torch.fx.Node):
         raise ModelError("model has several outputs; genbab verifies single-output models")
     if output.name not in state.dependent:
-        raise ModelError("model output does not depend on its input")
+        value = state.value[output.name]
+        raise ConstantOutputError("model output does not depend on its input",
+                                  value.detach().clone() if isinstance(value, torch.Tensor) else torch.as_tensor(value))
     nodes = _prune(nodes, output.name)
     out_shape = tuple(state.value[output.name].shape)
     return Graph(input_name, tuple(input_shape), dtype, nodes, output.name, out_shape)

@@ -2,7 +2,8 @@
 
 Pipeline: read (gz-aware) -> the graph cache (:mod:`genbab.model.cache`; a hit ends here, with
 neither onnx nor onnx2torch imported) -> fix the input shape -> name nodes -> upgrade opsets
-older than 11 -> unroll LSTM/GRU into primitive ops -> check every op has a translator (one error
+older than 11 -> unroll LSTM/GRU into primitive ops -> fold constant subgraphs into initializers
+and make empty optional inputs explicit -> check every op has a translator (one error
 listing all that do not) -> ``onnx2torch.convert`` -> fold constants and shape arithmetic into a
 Graph -> store it in the cache.
 """
@@ -57,7 +58,7 @@ def translate_model(raw: bytes, path: str | Path) -> Model:
     from onnx import helper
 
     from genbab.model import onnx_io
-    from genbab.model.graph import build_graph
+    from genbab.model.graph import ConstantOutputError, build_graph
 
     model = onnx_io.parse_onnx(raw, path)
     info = onnx_io.model_input(model)
@@ -71,6 +72,8 @@ def translate_model(raw: bytes, path: str | Path) -> Model:
     try:
         with torch.no_grad():
             graph = build_graph(gm.to(dtype), info.shape, dtype, op_types, attrs, original_names)
+    except ConstantOutputError as err:  # with what a replay needs (genbab.constant_output decides it)
+        raise ConstantOutputError(str(err), err.value, raw, info.name, info.shape, info.dtype, str(path)) from None
     except GenbabError:
         raise
     except Exception as err:
@@ -81,7 +84,8 @@ def translate_model(raw: bytes, path: str | Path) -> Model:
 
 
 def prepare(model: onnx.ModelProto, info: onnx_io.InputInfo) -> tuple[onnx.ModelProto, dict[str, str]]:
-    """Static shapes, identifier node names, an opset onnx2torch translates, no recurrent ops."""
+    """Static shapes, identifier node names, an opset onnx2torch translates, no recurrent ops,
+    constant subgraphs folded into initializers, empty optional inputs made explicit."""
     import onnx
 
     from genbab.model import onnx_io
@@ -94,6 +98,8 @@ def prepare(model: onnx.ModelProto, info: onnx_io.InputInfo) -> tuple[onnx.Model
         from genbab.model.unroll_rnn import unroll_recurrent_ops
 
         model = unroll_recurrent_ops(model)
+    model = onnx_io.fold_constants(model, info)
+    onnx_io.normalize_optional_inputs(model, info)
     original_names = onnx_io.name_nodes(model)
     check_supported(model, original_names)
     return onnx_io.annotate_shapes_by_running(model, info), original_names

@@ -5,6 +5,11 @@ one-line :class:`~genbab.errors.ModelError`. ``prepare_onnx`` then makes the gra
 translatable: every symbolic input dimension is fixed to 1 (the per-sample shape VNN-LIB
 indexes), node names are made unique identifiers, old opsets (< 11) are upgraded with
 ``onnx.version_converter``, and recurrent ops are unrolled into primitive ops.
+
+``fold_constants`` replaces every tensor computed from constants only (a Conv weight made by
+``Mul``/``Reshape``/``DequantizeLinear`` of initializers, a Clip bound made by ``Neg``...) by an
+initializer, evaluated by onnxruntime; ``normalize_optional_inputs`` rewrites empty optional
+inputs that the translator misreads into equivalent explicit forms.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from genbab.errors import ModelError
 from genbab.model.files import GZIP_MAGIC, read_bytes  # noqa: F401  (re-exported)
@@ -185,3 +190,130 @@ def annotate_shapes_by_running(model: onnx.ModelProto, info: InputInfo) -> onnx.
             elem = helper.np_dtype_to_tensor_dtype(value.dtype)
             out.graph.value_info.append(helper.make_tensor_value_info(name, elem, list(value.shape)))
     return out
+
+
+# Ops whose value is not a function of their inputs, and so never folded.
+NONDETERMINISTIC_OPS = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
+                                  "Multinomial", "Bernoulli"})
+MAX_FOLDED_ELEMENTS = 2**26  # in all; a larger constant computation is left to the translator
+
+
+def _foldable(node: onnx.NodeProto, constant: set[str]) -> bool:
+    if node.domain not in ("", "ai.onnx") or node.op_type in NONDETERMINISTIC_OPS:
+        return False
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+        return False  # a subgraph may read outer (input-dependent) names
+    return all(not name or name in constant for name in node.input)
+
+
+def fold_constants(model: onnx.ModelProto, info: InputInfo) -> onnx.ModelProto:
+    """Replace the tensors that structurally do not depend on the input (computed from
+    initializers and ``Constant`` nodes only) and that input-dependent nodes read by initializers
+    holding their onnxruntime values. Nodes producing a graph output are kept (an output that
+    ignores the input is decided separately). Returns ``model`` unchanged when nothing folds or
+    onnxruntime cannot evaluate the constant part."""
+    graph = model.graph
+    outputs = {o.name for o in graph.output}
+    constant = {i.name for i in graph.initializer}
+    folded: set[int] = set()
+    for idx, node in enumerate(graph.node):
+        if not outputs.intersection(node.output) and _foldable(node, constant):
+            folded.add(idx)
+            constant.update(o for o in node.output if o)
+    if not folded:
+        return model
+    made = {o for idx in folded for o in graph.node[idx].output if o}
+    kept = [n for idx, n in enumerate(graph.node) if idx not in folded]
+    needed = sorted({i for n in kept for i in n.input if i in made})
+    values = _evaluate_constants(model, [graph.node[idx] for idx in sorted(folded)], needed, info)
+    if values is None:
+        return model
+    out = onnx.ModelProto.FromString(model.SerializeToString())
+    del out.graph.node[:]
+    out.graph.node.extend(kept)
+    out.graph.initializer.extend(numpy_helper.from_array(v, name) for name, v in zip(needed, values))
+    return out
+
+
+def _evaluate_constants(model: onnx.ModelProto, nodes: list[onnx.NodeProto], names: list[str],
+                        info: InputInfo) -> list[np.ndarray] | None:
+    """The onnxruntime values of ``names`` computed by ``nodes`` from the initializers (None
+    when onnxruntime refuses, or a value is not a plain numeric array or is too large)."""
+    if not names:
+        return []
+    import onnxruntime as ort
+
+    sub = onnx.ModelProto.FromString(model.SerializeToString())
+    del sub.graph.node[:], sub.graph.output[:], sub.graph.value_info[:]
+    sub.graph.node.extend(nodes)
+    kept_inputs = [i for i in sub.graph.input if i.name != info.name]
+    del sub.graph.input[:]
+    sub.graph.input.extend(kept_inputs)
+    sub.graph.output.extend(onnx.ValueInfoProto(name=name) for name in names)
+    try:
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        sess = ort.InferenceSession(sub.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        values = sess.run(names, {})
+    except Exception:
+        return None
+    if not all(isinstance(v, np.ndarray) and v.dtype.kind in "biuf" for v in values):
+        return None
+    if sum(v.size for v in values) > MAX_FOLDED_ELEMENTS:
+        return None
+    return values
+
+
+def normalize_optional_inputs(model: onnx.ModelProto, info: InputInfo) -> None:
+    """Rewrite (in place) empty optional inputs into equivalent forms the translator reads:
+    ``Clip`` without min (max): ``-inf`` (``+inf``) or, trailing, dropped; ``Resize`` without roi
+    or scales: an empty initializer; a ``Reduce*`` whose ``axes`` is an empty initializer: no
+    ``axes`` (both mean every axis, or the identity with ``noop_with_empty_axes``)."""
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    used = {i.name for i in graph.initializer} | {o for n in graph.node for o in n.output}
+
+    def new_initializer(stem: str, array: np.ndarray) -> str:
+        name, k = stem, 0
+        while name in used:
+            k += 1
+            name = f"{stem}_{k}"
+        used.add(name)
+        graph.initializer.append(numpy_helper.from_array(array, name))
+        return name
+
+    for node in graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        if node.op_type == "Clip":
+            _normalize_clip(node, inits, info, new_initializer)
+        elif node.op_type == "Resize":
+            for pos in (1, 2):
+                if pos < len(node.input) and not node.input[pos]:
+                    node.input[pos] = new_initializer(f"{node.name or 'resize'}_empty", np.zeros(0, np.float32))
+        elif node.op_type.startswith("Reduce") and len(node.input) > 1 and node.input[1] in inits:
+            if numpy_helper.to_array(inits[node.input[1]]).size == 0:
+                del node.input[1:]
+    _strip_trailing_empty(graph)
+
+
+def _normalize_clip(node: onnx.NodeProto, inits: dict, info: InputInfo, new_initializer) -> None:
+    names = list(node.input)
+    while len(names) > 1 and not names[-1]:
+        names.pop()
+    if len(names) == 3 and not names[1]:
+        dtype = numpy_helper.to_array(inits[names[2]]).dtype if names[2] in inits else info.dtype
+        names[1] = new_initializer(f"{node.name or 'clip'}_min", np.array(-np.inf, dtype))
+    del node.input[:]
+    node.input.extend(names)
+
+
+def _strip_trailing_empty(graph: onnx.GraphProto) -> None:
+    """Drop empty trailing optional inputs (equivalent to absent ones)."""
+    for node in graph.node:
+        names = list(node.input)
+        while names and not names[-1]:
+            names.pop()
+        if len(names) != len(node.input):
+            del node.input[:]
+            node.input.extend(names)

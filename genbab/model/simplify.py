@@ -214,9 +214,296 @@ def simplify_for_bounds(graph: Graph) -> Graph:
             new = rewrite_layer_norm(node)
         elif node.op_type == "Div" and len(node.args) > 1 and isinstance(node.args[1], InputRef):
             new = rewrite_div(node, shapes)
+        elif needs_rewrite(node):
+            new = NEW_REWRITES[node.op_type](node, shapes)
         else:
             new = [node]
         for n in new:
             shapes[n.name] = n.out_shape
         nodes.extend(new)
     return replace(graph, nodes=nodes)
+
+
+# ----------------------------------------------------------------------------- max, min, pools, comparisons
+# - ``Max`` / ``Min`` (n-ary, broadcasting, constants folded into one): a chain of
+#   ``max(a, b) = b + relu(a - b)``, ``min(a, b) = a - relu(a - b)`` (exact in real arithmetic).
+# - ``MaxPool`` / ``GlobalMaxPool``: one ``Gather`` of the ``K`` window elements of every output,
+#   ``[*lead, K, *out]``, then ``ceil(log2 K)`` halving levels of the pairwise max (``Slice``s of the
+#   window axis, a ``Concat`` for an odd count). A padded (``-inf``) window slot takes one of the
+#   window's real elements instead, which leaves its max unchanged.
+# - ``Greater(a, b)`` / ``GreaterOrEqual``: ``StepPositive(a - b)`` / ``StepNonNegative(a - b)``
+#   (:mod:`genbab.ops.step`, 0/1 floats); ``Less`` / ``LessOrEqual`` with ``b - a``.
+# - ``Where(cond, a, b)`` with a dependent condition: ``b + cond * (a - b)``.
+
+Operand = "str | torch.Tensor"  # a node name (dependent value) or a constant
+
+
+def _node(name: str, op_type: str, operands: list, fn, out_shape, onnx_name: str) -> Node:
+    """``fn(*operands)``: names become InputRefs (one input per distinct name), tensors stay constants."""
+    inputs: list[str] = []
+    args = []
+    for op in operands:
+        if isinstance(op, str):
+            if op not in inputs:
+                inputs.append(op)
+            args.append(InputRef(inputs.index(op)))
+        else:
+            args.append(op)
+    return Node(name, op_type, tuple(inputs), tuple(args), {}, fn, tuple(out_shape), {}, onnx_name)
+
+
+def _shape_of(op, shapes: dict[str, tuple[int, ...]]) -> tuple[int, ...]:
+    return tuple(shapes[op]) if isinstance(op, str) else tuple(op.shape)
+
+
+def pairwise_extreme(out: str, a, b, shapes: dict, onnx_name: str, minimum: bool) -> list[Node]:
+    """``max(a, b) = b + relu(a - b)`` (``min(a, b) = a - relu(a - b)``) as Sub -> Relu -> Add/Sub."""
+    shape = tuple(torch.broadcast_shapes(_shape_of(a, shapes), _shape_of(b, shapes)))
+    nodes = [_node(f"{out}/diff", "Sub", [a, b], torch.sub, shape, onnx_name),
+             _node(f"{out}/relu", "Relu", [f"{out}/diff"], torch.relu, shape, onnx_name)]
+    last = _node(out, "Sub", [a, f"{out}/relu"], torch.sub, shape, onnx_name) if minimum else \
+        _node(out, "Add", [b, f"{out}/relu"], torch.add, shape, onnx_name)
+    for n in nodes + [last]:
+        shapes[n.name] = n.out_shape
+    return nodes + [last]
+
+
+def _finite_constant(node: Node, value: torch.Tensor) -> torch.Tensor:
+    if not bool(torch.isfinite(value).all()):
+        raise UnsupportedOpError(f"{node.op_type} node {node.onnx_name or node.name!r}: non-finite constant operand")
+    return value
+
+
+def rewrite_max_min(node: Node, shapes: dict[str, tuple[int, ...]]) -> list[Node]:
+    """n-ary ``Max`` / ``Min``: constants folded into one, then a chain of pairwise steps."""
+    minimum = node.op_type == "Min"
+    names = [node.inputs[a.index] for a in node.args if isinstance(a, InputRef)]
+    names = list(dict.fromkeys(names))  # max(x, x) = x
+    consts = [torch.as_tensor(a) for a in node.args if not isinstance(a, InputRef)]
+    operands: list = list(names)
+    if consts:
+        folded = consts[0]
+        for c in consts[1:]:
+            folded = torch.minimum(folded, c) if minimum else torch.maximum(folded, c)
+        operands.append(_finite_constant(node, folded))
+    if len(operands) == 1:
+        return [_node(node.name, "Expand", operands, ExpandTo(node.out_shape), node.out_shape, node.onnx_name)]
+    nodes, acc = [], operands[0]
+    for i, nxt in enumerate(operands[1:]):
+        out = node.name if i == len(operands) - 2 else f"{node.name}/m{i}"
+        nodes += pairwise_extreme(out, acc, nxt, shapes, node.onnx_name, minimum)
+        acc = out
+    if tuple(shapes[node.name]) != tuple(node.out_shape):
+        raise UnsupportedOpError(f"{node.op_type} node {node.onnx_name!r}: unexpected output shape")
+    return nodes
+
+
+class ExpandTo(torch.nn.Module):
+    """``x.expand(shape)`` (per sample)."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        super().__init__()
+        self.shape = tuple(shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.expand(self.shape)
+
+
+class WindowGather(torch.nn.Module):
+    """``y[*lead, k, *out] = x[*lead, index[k, flat(out)]]`` over the flattened spatial axes.
+
+    ``index``: ``[K, prod(out)]`` flat spatial positions (a buffer, so it moves with the graph)."""
+
+    def __init__(self, index: torch.Tensor, lead: tuple[int, ...], out: tuple[int, ...]):
+        super().__init__()
+        self.register_buffer("index", index.reshape(-1).long())
+        self.lead, self.out, self.k = tuple(lead), tuple(out), int(index.shape[0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(*self.lead, -1)
+        return torch.index_select(flat, len(self.lead), self.index).reshape(*self.lead, self.k, *self.out)
+
+
+class Narrow(torch.nn.Module):
+    """``x.narrow(axis, start, length)`` (per sample)."""
+
+    def __init__(self, axis: int, start: int, length: int):
+        super().__init__()
+        self.axis, self.start, self.length = axis, start, length
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.narrow(self.axis, self.start, self.length)
+
+
+class ConcatAxis(torch.nn.Module):
+    """``torch.cat(xs, axis)`` (per sample)."""
+
+    def __init__(self, axis: int):
+        super().__init__()
+        self.axis = axis
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        return torch.cat(xs, self.axis)
+
+
+def _ints(value, n: int, default: int) -> list[int]:
+    return [int(v) for v in value] if value is not None and len(value) else [default] * n
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def pool_window_positions(node: Node, in_sp: tuple[int, ...], out_sp: tuple[int, ...]) -> list[list[list[int]]]:
+    """Per spatial axis and output position, the ``k`` input positions of its window, each padded
+    slot replaced by the window's first real position (raises when a window has none)."""
+    n = len(in_sp)
+    attrs = node.attrs
+    if node.op_type == "GlobalMaxPool":
+        return [[list(range(i))] for i in in_sp]
+    kernel = _ints(attrs.get("kernel_shape"), n, 1)
+    strides, dil = _ints(attrs.get("strides"), n, 1), _ints(attrs.get("dilations"), n, 1)
+    pads, auto = _ints(attrs.get("pads"), 2 * n, 0), _text(attrs.get("auto_pad", "NOTSET"))
+    axes = []
+    for a in range(n):
+        k, s, d, size, out = kernel[a], strides[a], dil[a], in_sp[a], out_sp[a]
+        total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
+        begin = {"VALID": 0, "SAME_UPPER": total // 2, "SAME_LOWER": total - total // 2}.get(auto, pads[a])
+        windows = []
+        for o in range(out):
+            pos = [o * s - begin + j * d for j in range(k)]
+            real = [p for p in pos if 0 <= p < size]
+            if not real:
+                raise UnsupportedOpError(f"{node.op_type} node {node.onnx_name!r}: a window holds only padding")
+            windows.append([p if 0 <= p < size else real[0] for p in pos])
+        axes.append(windows)
+    return axes
+
+
+def window_index(axes: list[list[list[int]]], in_sp: tuple[int, ...]) -> torch.Tensor:
+    """``[K, prod(out)]`` flat input positions: window offsets (row-major) by output positions."""
+    per_axis = [torch.tensor(w, dtype=torch.long).T for w in axes]  # [k_a, out_a]
+    index = torch.zeros((1, 1), dtype=torch.long)
+    for a, pos in enumerate(per_axis):
+        stride = math.prod(in_sp[a + 1:])
+        index = (index[:, None, :, None] + stride * pos[None, :, None, :]).reshape(
+            index.shape[0] * pos.shape[0], index.shape[1] * pos.shape[1])
+    return index
+
+
+def rewrite_max_pool(node: Node, shapes: dict[str, tuple[int, ...]]) -> list[Node]:
+    """MaxPool / GlobalMaxPool as a window Gather and halving levels of pairwise maxima."""
+    if node.output_index not in (None, 0):
+        raise UnsupportedOpError(f"{node.op_type} node {node.onnx_name!r}: the Indices output is not supported")
+    src = node.inputs[0]
+    in_shape, out_shape = tuple(shapes[src]), tuple(node.out_shape)
+    n = len(_ints(node.attrs.get("kernel_shape"), 0, 1)) if node.op_type == "MaxPool" else len(in_shape) - 2
+    lead, in_sp, out_sp = in_shape[:-n], in_shape[-n:], out_shape[-n:]
+    if out_shape[:-n] != lead:
+        raise UnsupportedOpError(f"{node.op_type} node {node.onnx_name!r}: unexpected output shape {out_shape}")
+    index = window_index(pool_window_positions(node, in_sp, out_sp), in_sp)
+    base, name, axis = node.name, node.onnx_name, len(lead)
+    k = index.shape[0]
+    nodes = [_node(f"{base}/window", "Gather", [src], WindowGather(index, lead, out_sp),
+                   (*lead, k, *out_sp), name)]
+    shapes[nodes[0].name] = nodes[0].out_shape
+    current, level = nodes[0].name, 0
+    while k > 1:
+        half, odd, halved = k // 2, k % 2, current
+        a, b, m = f"{base}/l{level}a", f"{base}/l{level}b", f"{base}/l{level}max"
+        part = (*lead, half, *out_sp)
+        for nm, start in ((a, 0), (b, half)):
+            nodes.append(_node(nm, "Slice", [current], Narrow(axis, start, half), part, name))
+            shapes[nm] = part
+        nodes += pairwise_extreme(m, a, b, shapes, name, minimum=False)
+        current = m
+        if odd:
+            rest, joined = f"{base}/l{level}rest", f"{base}/l{level}join"
+            nodes.append(_node(rest, "Slice", [halved], Narrow(axis, 2 * half, 1), (*lead, 1, *out_sp), name))
+            nodes.append(_node(joined, "Concat", [m, rest], ConcatAxis(axis), (*lead, half + 1, *out_sp), name))
+            shapes[rest], shapes[joined] = (*lead, 1, *out_sp), (*lead, half + 1, *out_sp)
+            current = joined
+        k, level = half + odd, level + 1
+    nodes.append(_node(base, "Reshape", [current], ReshapeTo(out_shape), out_shape, name))
+    check_rewrite(node, nodes, shapes[src])
+    return nodes
+
+
+def check_rewrite(node: Node, nodes: list[Node], in_shape: tuple[int, ...], trials: int = 2) -> None:
+    """Raise unless the chain ``nodes`` reproduces ``node`` (one input) on random inputs."""
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(trials):
+        x = torch.randn(in_shape, generator=gen, dtype=torch.float64)
+        env = {node.inputs[0]: x}
+        for n in nodes:
+            env[n.name] = n.call([env[i] for i in n.inputs])
+        ref = node.call([x]).to(torch.float64)
+        if env[node.name].shape != ref.shape or not torch.allclose(env[node.name], ref, rtol=1e-5, atol=1e-5):
+            raise UnsupportedOpError(f"{node.op_type} node {node.onnx_name!r}: attributes not understood "
+                                     f"(the rewrite does not reproduce it)")
+
+
+COMPARISONS = {"Greater": ("StepPositive", False), "GreaterOrEqual": ("StepNonNegative", False),
+               "Less": ("StepPositive", True), "LessOrEqual": ("StepNonNegative", True)}
+
+
+def _operands(node: Node) -> list:
+    return [node.inputs[a.index] if isinstance(a, InputRef) else torch.as_tensor(a) for a in node.args]
+
+
+def rewrite_comparison(node: Node, shapes: dict[str, tuple[int, ...]]) -> list[Node]:
+    """``a > b`` as ``StepPositive(a - b)`` (>=: StepNonNegative; <, <=: ``b - a``), a 0/1 float."""
+    from genbab.ops.step import OPS as STEPS
+
+    step_type, swap = COMPARISONS[node.op_type]
+    a, b = _operands(node)[:2]
+    if swap:
+        a, b = b, a
+    for c in (a, b):
+        if not isinstance(c, str):
+            _finite_constant(node, c)
+            if not c.is_floating_point():
+                raise UnsupportedOpError(f"{node.op_type} node {node.onnx_name!r}: integer comparisons are not supported")
+    shape = tuple(node.out_shape)
+    diff = _node(f"{node.name}/diff", "Sub", [a, b], torch.sub, shape, node.onnx_name)
+    return [diff, _node(node.name, step_type, [diff.name], STEPS[step_type].forward, shape, node.onnx_name)]
+
+
+def where_blend(cond: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``b + cond * (a - b)`` for a 0/1 ``cond``: the Where of a rewritten comparison."""
+    return b + cond * (a - b)
+
+
+def rewrite_where(node: Node, shapes: dict[str, tuple[int, ...]]) -> list[Node]:
+    """``Where(cond, a, b)`` with a dependent ``cond`` (a rewritten comparison, values 0/1):
+    ``diff = a - b``, ``prod = cond * diff`` (a product of two variables unless ``diff`` is
+    constant), ``y = b + prod``."""
+    cond, a, b = _operands(node)[:3]
+    for c in (a, b):
+        if not isinstance(c, str):
+            _finite_constant(node, c.to(torch.float64) if not c.is_floating_point() else c)
+    base, name, shape = node.name, node.onnx_name, tuple(node.out_shape)
+    if isinstance(a, str) or isinstance(b, str):
+        diff_shape = tuple(torch.broadcast_shapes(_shape_of(a, shapes), _shape_of(b, shapes)))
+        diff = _node(f"{base}/diff", "Sub", [a, b], torch.sub, diff_shape, name)
+        nodes, factor = [diff], diff.name
+        shapes[diff.name] = diff_shape
+    else:
+        nodes, factor = [], a - b
+    prod_shape = tuple(torch.broadcast_shapes(shapes[cond], _shape_of(factor, shapes)))
+    nodes.append(_node(f"{base}/select", "Mul", [cond, factor], multiply, prod_shape, name))
+    nodes.append(_node(base, "Add", [b, f"{base}/select"], torch.add, shape, name))
+    return nodes
+
+
+NEW_REWRITES = {
+    "Max": rewrite_max_min, "Min": rewrite_max_min, "MaxPool": rewrite_max_pool, "GlobalMaxPool": rewrite_max_pool,
+    **{op: rewrite_comparison for op in COMPARISONS}, "Where": rewrite_where,
+}
+
+
+def needs_rewrite(node: Node) -> bool:
+    """Max/Min/pools/comparisons with a dependent input; Where with a dependent condition."""
+    if node.op_type == "Where":
+        return len(node.args) > 0 and isinstance(node.args[0], InputRef)
+    return node.op_type in NEW_REWRITES and any(isinstance(a, InputRef) for a in node.args)

@@ -15,6 +15,13 @@ largest corner term) and rounded outward.  Hence every coefficient pair is sound
 
 Division ``x / y`` is composed at graph level as ``x * Reciprocal(y)``: relax ``w = 1/y`` with
 :mod:`genbab.ops.exp_log` (``y`` bounded away from 0), then the product ``x w`` here.
+
+Products of a graph node: ``PRODUCT_OPS[op_type]`` says how the node's factors form the
+elementwise products the planes relax (``expand``): ``Mul`` broadcasts ``x`` against ``y``;
+``MatMul`` ``z_ik = sum_j x_ij y_jk`` relaxes the products ``p_ijk`` of ``x[..., i, j, None]``
+and ``y[..., None, j, k]``. Parameters then have the products' shape (with leading ``[B, S]``),
+the same protocol as the unary ops: ``init_params(*operands)``, ``project_params(params,
+*operands)``, ``relax(*operands, params)`` with ``operands = expand(lx, ux, ly, uy)``.
 """
 
 from __future__ import annotations
@@ -48,6 +55,10 @@ class BilinearOp:
     relax: Callable[..., BilinearRelaxation]
     init_params: Callable[..., Params]
     project_params: Callable[..., Params]
+    expand: Callable[..., tuple[Tensor, Tensor, Tensor, Tensor]] = lambda lx, ux, ly, uy: (lx, ux, ly, uy)
+    contraction: bool = False  # the output sums the products over a shared index (MatMul's j)
+    param_names: tuple[str, ...] = ("alpha_lower", "alpha_upper")
+    arity: int = 2
 
 
 def _corners(lx: Tensor, ux: Tensor, ly: Tensor, uy: Tensor) -> tuple[Tensor, Tensor]:
@@ -100,7 +111,35 @@ def relax_mul(lx: Tensor, ux: Tensor, ly: Tensor, uy: Tensor,
     return BilinearRelaxation(lower, upper)
 
 
-BINARY_OPS: dict[str, BilinearOp] = {
-    "Mul": BilinearOp("Mul", torch.mul, interval_mul, relax_mul, init_params_mul,
-                      project_params_mul),
+def expand_matmul(lx: Tensor, ux: Tensor, ly: Tensor, uy: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Bounds of ``x[..., i, j, None]`` and ``y[..., None, j, k]``: the factors of ``p_ijk``."""
+    return lx.unsqueeze(-1), ux.unsqueeze(-1), ly.unsqueeze(-3), uy.unsqueeze(-3)
+
+
+def interval_matmul(lx: Tensor, ux: Tensor, ly: Tensor, uy: Tensor) -> tuple[Tensor, Tensor]:
+    """Image of the box under ``x @ y``: the products' images summed over ``j`` (the sum's own
+    rounding is not covered here: the engine's interval step widens by it)."""
+    lo, hi = interval_mul(*expand_matmul(lx, ux, ly, uy))
+    return lo.sum(-2), hi.sum(-2)
+
+
+def product_gap(relaxed: BilinearRelaxation, lx: Tensor, ux: Tensor, ly: Tensor, uy: Tensor) -> Tensor:
+    """Largest vertical distance between the upper and the lower plane over the box (a corner:
+    the difference of two planes is linear), float64, the products' broadcast shape."""
+    xs, ys = _corners(*to64(lx, ux, ly, uy))
+    (axl, ayl, bl), (axu, ayu, bu) = ((t.to(F64) for t in plane) for plane in (relaxed.lower, relaxed.upper))
+    gap = (axu - axl) * xs + (ayu - ayl) * ys + (bu - bl)
+    return gap.amax(0)
+
+
+_MUL = BilinearOp("Mul", torch.mul, interval_mul, relax_mul, init_params_mul, project_params_mul)
+
+PRODUCT_OPS: dict[str, BilinearOp] = {
+    "Mul": _MUL,
+    "MatMul": BilinearOp("MatMul", torch.matmul, interval_matmul, relax_mul, init_params_mul,
+                         project_params_mul, expand=expand_matmul, contraction=True),
 }
+"""Graph op type of a product node -> how its planes are formed (see the module docstring)."""
+
+BINARY_OPS: dict[str, BilinearOp] = {"Mul": _MUL}
+"""The two-input elementwise ops (the op table the relaxation tests sweep)."""

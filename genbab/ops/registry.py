@@ -34,6 +34,7 @@ AFFINE_POSITIONS: dict[str, tuple[int, ...] | None] = {
     "Where": (1, 2), "ReduceSum": (0,), "ReduceMean": (0,), "Pad": (0,), "AveragePool": (0,),
     "GlobalAveragePool": (0,), "Upsample": (0,), "Resize": (0,), "SoftmaxDiff": (0,),
     "Cast": (0,), "Center": (0,),
+    "GatherND": (0,), "GatherElements": (0,), "ScatterND": (0, 2), "ScatterElements": (0, 2),
 }
 # Affine when exactly one input depends on x (the other is a constant factor).
 AFFINE_IF_ONE_DEPENDENT: dict[str, tuple[int, ...] | None] = {"Mul": None, "MatMul": None, "Div": (0,)}
@@ -47,6 +48,38 @@ AFFINE_WHEN = {
              "a cast to an integer or bool type is a step function"),
     "BatchNormalization": (lambda attrs: not int(attrs.get("training_mode", 0)),
                            "training mode normalises by the batch's own statistics"),
+}
+
+
+
+def _constant_unique_indices(node: Node) -> bool:
+    """Scatter nodes: the indices (position 1) are a constant without repeated targets (with
+    repeats ONNX leaves the result undefined, and the backward step would not be a selection)."""
+    reduction = node.attrs.get("reduction", "none")
+    reduction = reduction.decode() if isinstance(reduction, bytes) else str(reduction)
+    if reduction not in ("none", "add") or len(node.args) < 2 or not isinstance(node.args[1], torch.Tensor):
+        return False
+    idx = node.args[1].long()
+    if node.op_type == "ScatterND":
+        rows = idx.reshape(-1, idx.shape[-1]) if idx.dim() else idx.reshape(1, 1)
+        return len(torch.unique(rows, dim=0)) == len(rows)
+    axis = int(node.attrs.get("axis", 0)) % max(1, idx.dim())
+    others = torch.stack(torch.meshgrid(*[torch.arange(n) for n in idx.shape], indexing="ij"), -1)
+    others[..., axis] = idx
+    rows = others.reshape(-1, idx.dim())
+    return len(torch.unique(rows, dim=0)) == len(rows)
+
+
+def _gather_constant_indices(node: Node) -> bool:
+    return len(node.args) >= 2 and isinstance(node.args[1], torch.Tensor)
+
+
+# Affine only for some node forms: (predicate on the node, why not otherwise).
+AFFINE_NODE_WHEN = {
+    "ScatterND": (_constant_unique_indices, "indices must be constant, without repeated targets, reduction none or add"),
+    "ScatterElements": (_constant_unique_indices, "indices must be constant, without repeated targets, reduction none or add"),
+    "GatherND": (_gather_constant_indices, "indices must be constant"),
+    "GatherElements": (_gather_constant_indices, "indices must be constant"),
 }
 
 
@@ -65,10 +98,10 @@ def dependent_positions(node: Node) -> list[int]:
 
 def elementwise_table() -> dict[str, ElementwiseOp]:
     """Every elementwise op, merged from the op-family modules' ``OPS`` tables."""
-    from genbab.ops import activations, exp_log, gelu, piecewise, power, relu, s_shaped, trig
+    from genbab.ops import activations, exp_log, gelu, piecewise, power, relu, s_shaped, step, trig
 
     table: dict[str, ElementwiseOp] = {}
-    for module in (relu, s_shaped, trig, gelu, exp_log, power, activations, piecewise):
+    for module in (relu, s_shaped, trig, gelu, exp_log, power, activations, piecewise, step):
         table.update(module.OPS)
     return table
 
@@ -79,6 +112,8 @@ def rule_for(node: Node) -> NodeRule:
     op = node.op_type
     if op in AFFINE_WHEN and positions and not AFFINE_WHEN[op][0](node.attrs):
         raise UnsupportedOpError(f"no bound rule for {op} node {node.onnx_name or node.name!r}: {AFFINE_WHEN[op][1]}")
+    if op in AFFINE_NODE_WHEN and positions and not AFFINE_NODE_WHEN[op][0](node):
+        raise UnsupportedOpError(f"no bound rule for {op} node {node.onnx_name or node.name!r}: {AFFINE_NODE_WHEN[op][1]}")
     if op in AFFINE_POSITIONS:
         allowed = AFFINE_POSITIONS[op]
         if allowed is None or all(p in allowed for p in positions):
