@@ -24,6 +24,17 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module single-threaded: its many small tensor ops are slower on two threads."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def find_benchmarks_dir() -> Path | None:
     """Return the shared benchmarks folder, or None when it is not there."""
     env = os.environ.get("GENBAB_BENCHMARKS")

@@ -37,13 +37,7 @@ T = elementwise_table()
 INF = math.inf
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Many small tensor ops: run single-threaded (see tests/test_relaxations.py)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # many small tensor ops: one thread (conftest)
 
 
 # (id, op, domain of the sampled intervals, points where something happens)

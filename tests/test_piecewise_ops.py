@@ -28,12 +28,7 @@ from genbab.ops.step import OPS as STEPS
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # many small tensor ops: one thread (conftest)
 
 
 # ----------------------------------------------------------------------------- step relaxations
