@@ -51,8 +51,9 @@ class BabConfig:
     max_domains: int = 5_000_000
     alpha_iterations: int = 8  # alpha steps per bound pass when splitting activations
     input_alpha_iterations: int = 0  # ... when splitting the input: plain CROWN, ~4x the sub-boxes per second
-    input_split_max_dims: int = 32  # inputs with at most this many dims: split the input box only
+    input_split_max_dims: int = 32  # boxes with at most this many coordinates of positive width: split the input box only
     input_batch_size: int = 4096  # domains per batch when splitting the input
+    input_bounds: str = "forward"  # intermediate bounds of input-split sub-boxes: "forward" | "crown"
     input_lookahead: bool = False  # input splits: bound both halves along every dimension to choose
     input_widest_every: int = 0  # input splits: every this many levels split the relatively widest dimension
     branching: str = "bbps"  # "bbps" | "babsr" (activation splits)
@@ -82,7 +83,8 @@ class BranchAndBound:
         self.upper = rounding.to_dtype_up(upper.to(engine.device), engine.dtype)
         self.C, self.d = C.to(engine.device, engine.dtype), rounding.to_dtype_up(d.to(engine.device), engine.dtype)
         self.input = engine.graph.input_name
-        self.input_mode = math.prod(engine.graph.input_shape) <= config.input_split_max_dims
+        free = int((self.upper > self.lower).sum())  # coordinates of positive width: what splitting shrinks
+        self.input_mode = free <= config.input_split_max_dims
         if self.input_mode:
             self.candidates = [self.input]
         else:
@@ -114,8 +116,8 @@ class BranchAndBound:
         splits = {k: v for k, v in domains.clamps().items() if k != self.input}
         with torch.no_grad():
             if self.input_mode:  # every sub-box gets its own CROWN bounds (inside the root's)
-                bounds = self.engine.intermediate_bounds(box, "crown", deadline, clamps=domains.clamps(),
-                                                         base=self.root_bounds)
+                bounds = self.engine.intermediate_bounds(box, self.config.input_bounds, deadline,
+                                                         clamps=domains.clamps(), base=self.root_bounds)
             elif self.root_bounds is None:
                 bounds = self.engine.intermediate_bounds(box, "crown", deadline, clamps=domains.clamps())
                 self.root_bounds = bounds

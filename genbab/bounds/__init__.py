@@ -17,7 +17,7 @@ from genbab.bounds.box import Box
 from genbab.bounds.config import EngineConfig
 from genbab.bounds.engine import BoundEngine
 
-METHODS = ("ibp", "crown", "alpha-crown")
+METHODS = ("ibp", "forward", "crown", "alpha-crown")  # forward: symbolic-interval intermediates, CROWN rows
 
 
 def engine_for(model, config: EngineConfig | None = None) -> BoundEngine:
@@ -85,12 +85,12 @@ def compute_bounds(model, lower: torch.Tensor, upper: torch.Tensor, method: str 
         err = rounding.gamma(both.shape[-1] + 2, lb.dtype) * (both.abs() @ rounding.magnitude(lo, hi)).squeeze(-1)
         lb = rounding.subtract(lb, err)  # the two mat-vecs round; the difference is rounded down
     else:
-        bounds = engine.intermediate_bounds(box, "crown")
+        bounds = engine.intermediate_bounds(box, "forward" if method == "forward" else "crown")
         chunk = row_chunk or rows_per_chunk(engine, box.batch)
         parts = []
         for first in range(0, both.shape[1], chunk):
             rows = both[:, first:first + chunk]
-            if method == "crown":
+            if method in ("crown", "forward"):
                 with torch.no_grad():
                     parts.append(engine.bound_rows(rows, box, bounds))
             else:

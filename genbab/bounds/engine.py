@@ -31,7 +31,7 @@ from genbab.bounds.affine import AffineMap, monotone_signs, rounding_terms
 from genbab.bounds.box import Box, concretize_lower
 from genbab.bounds.config import EngineConfig
 from genbab.bounds.kernel_backend import relax_lines
-from genbab.bounds import rounding
+from genbab.bounds import forward, rounding
 from genbab.bounds.nonlinear import (bilinear_backward, elementwise_backward, matmul_backward, matmul_expand,
                                      matmul_interval, product_interval)
 from genbab.model.graph import Graph, InputRef, Node
@@ -62,6 +62,9 @@ def graph_in_dtype(graph: Graph, dtype: torch.dtype, device: torch.device | str)
                                  "kwargs": {k: cast(v) for k, v in node.kwargs.items()}})
     graph.dtype = dtype
     return graph
+
+
+NARROW = 2.0**-40  # a neuron narrower than this times (1 + |value|) in every box keeps its interval bounds
 
 
 class BoundEngine:
@@ -263,24 +266,49 @@ class BoundEngine:
         root's), intersected in too. With ``method="ibp"`` and a ``base`` this is the cheap
         refresh of branch and bound. Raises :class:`BoundsTimeout` when ``deadline`` passes."""
         bounds: Bounds = {self.graph.input_name: (box.lower, box.upper)}
-        for node in self.nodes:
+        forms = None
+        if method == "forward":  # symbolic intervals over the free input coordinates, if few
+            free = forward.free_dims(box)
+            if int(free.sum(dim=1).max()) > forward.MAX_FREE:
+                method = "crown"
+            else:
+                forms = {self.graph.input_name: forward.input_form(box, free)}
+                last_use = self._last_use()
+        for i, node in enumerate(self.nodes):
+            if deadline is not None and forms is not None and time.monotonic() >= deadline:
+                raise BoundsTimeout(f"deadline passed while bounding {node.name}")
             lo, hi = self.interval_step(node, bounds)
             if base is not None:
                 lo, hi = torch.maximum(lo, base[node.name][0]), torch.minimum(hi, base[node.name][1])
+            if forms is not None:
+                form = forward.node_form(self, node, forms, bounds, (lo, hi))
+                f_lo, f_hi = form.bounds()
+                lo, hi = torch.maximum(lo, f_lo), torch.minimum(hi, f_hi)
             if method == "crown" and node.name in self.crown_targets and not self._exact_by_ibp(node):
-                c_lo, c_hi = self.crown_node(node.name, box, bounds, deadline)
+                c_lo, c_hi = self.crown_node(node.name, box, bounds, deadline, current=(lo, hi))
                 lo, hi = torch.maximum(lo, c_lo), torch.minimum(hi, c_hi)
             if clamps is not None and node.name in clamps:
                 lo, hi = torch.maximum(lo, clamps[node.name][0]), torch.minimum(hi, clamps[node.name][1])
             bounds[node.name] = (lo, hi)
+            if forms is not None:
+                forms[node.name] = form if form.G is not None else forward.Form(None, lo, hi)
+                for name in node.inputs:  # a form nobody reads later is dropped
+                    if last_use.get(name, -1) <= i:
+                        forms.pop(name, None)
         return bounds
+
+    def _last_use(self) -> dict[str, int]:
+        """Per value, the index of the last node reading it."""
+        if not hasattr(self, "_last_use_cache"):
+            self._last_use_cache = {name: i for i, n in enumerate(self.nodes) for name in n.inputs}
+        return self._last_use_cache
 
     def _exact_by_ibp(self, node: Node) -> bool:
         """An affine node reading only the graph input: IBP with its Jacobian is already exact."""
         return self.rules[node.name].kind == "affine" and set(node.inputs) == {self.graph.input_name}
 
-    def crown_node(self, name: str, box: Box, bounds: Bounds,
-                   deadline: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def crown_node(self, name: str, box: Box, bounds: Bounds, deadline: float | None = None,
+                   current: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """CROWN lower and upper bounds of node ``name`` (rows ``+e_i`` and ``-e_i``), in row chunks.
 
         A chunk's widest backward tensor (a node of the backward cone of ``name``, or the products
@@ -291,6 +319,12 @@ class BoundEngine:
             return self._crown_node_sparse(name, box, bounds, deadline)
         shape = self.shapes[name]
         n = math.prod(shape)
+        if current is not None:  # rows only for neurons some box leaves wider than rounding noise
+            lo, hi = current
+            tol = NARROW * (1 + rounding.magnitude(lo, hi))
+            wide = torch.nonzero(((hi - lo) > tol).reshape(box.batch, n).any(dim=0)).flatten()
+            if len(wide) < n:
+                return self._crown_rows(name, box, bounds, deadline, wide)
         widest = self._widest_in(self.backward_cone(name))
         chunk = max(1, int(min(self.max_rows_elements, 2e6) // (box.batch * widest)))
         out = []
@@ -301,6 +335,31 @@ class BoundEngine:
             out.append(self.bound_linear(name, A.expand(box.batch, -1, *shape), box, bounds))
         lb = torch.cat(out, dim=1)
         return lb[:, :n].reshape(box.batch, *shape), (-lb[:, n:]).reshape(box.batch, *shape)
+
+    def _crown_rows(self, name: str, box: Box, bounds: Bounds, deadline: float | None,
+                    wide: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """CROWN bounds of the neurons ``wide`` ``[m]`` of ``name`` (rows ``+e_i``, ``-e_i``); the
+        others get ``-inf`` / ``+inf`` (their interval bounds stand)."""
+        shape, n, B, m = self.shapes[name], math.prod(self.shapes[name]), box.batch, len(wide)
+        lo = torch.full((B, n), -torch.inf, dtype=self.dtype, device=self.device)
+        hi = torch.full((B, n), torch.inf, dtype=self.dtype, device=self.device)
+        if m:
+            widest = self._widest_in(self.backward_cone(name))
+            chunk = max(1, int(min(self.max_rows_elements, 2e6) // (B * widest)))
+            cols = torch.cat([wide, wide])
+            signs = torch.cat([torch.ones(m), -torch.ones(m)]).to(self.dtype).to(self.device)
+            out = []
+            for start in range(0, 2 * m, chunk):
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise BoundsTimeout(f"deadline passed while bounding {name}")
+                stop = min(start + chunk, 2 * m)
+                rows = torch.zeros(stop - start, n, dtype=self.dtype, device=self.device)
+                rows[torch.arange(stop - start, device=self.device), cols[start:stop]] = signs[start:stop]
+                A = rows.reshape(1, -1, *shape).expand(B, -1, *shape)
+                out.append(self.bound_linear(name, A, box, bounds))
+            lb = torch.cat(out, dim=1)
+            lo[:, wide], hi[:, wide] = lb[:, :m], -lb[:, m:]
+        return lo.reshape(B, *shape), hi.reshape(B, *shape)
 
     def unit_rows(self, first: int, last: int, n: int) -> torch.Tensor:
         """Rows ``first..last-1`` ``[last - first, n]`` of ``[I; -I]`` (``2n x n``)."""
