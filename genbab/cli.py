@@ -173,6 +173,9 @@ def _verify(model: Path, spec: Path, timeout: float, results_file: Path | None, 
         _fail(results_file, f"error: {err}", 2)
     bab_config = BabConfig(branching=branching, branching_points=branching_points)
     try:
+        from genbab.spec import load_model_and_spec  # a VNN-LIB 2.0 query over several inputs/outputs: composed
+
+        model, spec = load_model_and_spec(model, spec)
         result = _run_verify(model, spec, timeout, device, seed, quiet, bounds=not no_bounds, bab=not no_bab,
                              bab_config=bab_config, kernels=kernels, precision=precision)
     except GenbabError as err:

@@ -153,7 +153,7 @@ def test_vnnlib2_supports_reports_each_capability() -> None:
     low, high = vnnlib2("supports", "--onnx-opset-versions").output.split()
     assert 1 <= int(low) <= int(high)
     assert vnnlib2("supports", "--serialise-assignments").output == "true\n"
-    assert vnnlib2("supports", "--multiple-network-theories").output == "SNET\n"
+    assert vnnlib2("supports", "--multiple-network-theories").output == "SNET\nMNET\nMENET\nMINET\n"
     assert vnnlib2("supports").exit_code != 0 and vnnlib2("supports", "--hidden-node-theories", "--vnnlib-versions").exit_code != 0
     assert vnnlib2("--name").output == "genbab\n"
 

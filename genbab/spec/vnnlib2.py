@@ -1,13 +1,23 @@
 """VNN-LIB 2.0 queries (parsed with the ``vnnlib`` package) as a genbab :class:`~genbab.spec.Spec`.
 
-Supported: one network with one input and one output declaration, no hidden nodes; any and/or
-nesting of comparisons between linear terms, where each comparison either bounds a single input
-element (the bounds of a disjunct form its input box) or constrains the outputs only (a row of
-``C y <= d``). All assertions are ANDed; the formula is put in disjunctive normal form from each
-assertion's ``to_dnf()`` and every disjunct becomes one genbab case. Strict comparisons are read
-as non-strict in ``Query.spec`` (sound for proofs); which ones are strict is kept, and a witness
-is reported only after :func:`witness_satisfies` checked it against the exact query. Anything else
-raises :class:`QueryError`.
+A query declares networks, each with inputs, hidden nodes (named ONNX values) and outputs, and
+asserts any and/or nesting of linear comparisons over their elements. It is reduced to one flat
+input ``X_all`` and one flat output ``Y_all`` (:class:`Layout`), which
+:func:`genbab.model.compose.compose_query` turns into one ONNX model:
+
+- ``X_all[n_slots]``: the elements of every declared input, network by network, input by input,
+  row-major; an element equated to an earlier one (``(== X[i] X2[j])`` in every disjunct: a
+  shared input, as in an equivalence query) takes that element's slot instead of a new one;
+- ``Y_all``: every network's outputs then hidden nodes (declaration order, row-major), then,
+  when a comparison constrains several input elements (or inputs and outputs together), a copy
+  of ``X_all``, so that every such comparison is one row of ``C y <= d``.
+
+Comparisons that bound a single input element form the input box of a disjunct; every input
+element needs both bounds. All assertions are ANDed; the formula is put in disjunctive normal form
+from each assertion's ``to_dnf()`` and every disjunct becomes one genbab case. Strict comparisons
+are read as non-strict in ``Query.spec`` (sound for proofs); which ones are strict is kept, and a
+witness is reported only after :func:`witness_satisfies` checked it against the exact query.
+Anything else raises :class:`QueryError`.
 
 The DNF is built here rather than with ``vnnlib.compat.transform``: in vnnlib 1.0.2 that treats
 two assertions that are each an ``and`` as alternatives (a disjunction), which enlarges the input
@@ -37,11 +47,13 @@ class QueryError(SpecError):
 
 @dataclass(frozen=True)
 class Declaration:
-    """A declared input or output: its name, element type (e.g. ``float32``) and shape."""
+    """A declared input, hidden node or output: its name, element type (e.g. ``float32``), shape
+    and, when given, the ONNX value it names (always for hidden nodes)."""
 
     name: str
     dtype: str
     shape: tuple[int, ...]
+    onnx_name: str | None = None
 
     @property
     def size(self) -> int:
@@ -53,14 +65,72 @@ class Declaration:
 
 
 @dataclass(frozen=True)
-class Query:
-    """A VNN-LIB 2.0 query reduced to genbab's form."""
+class NetworkDecl:
+    """One ``declare-network``: its variables, and the network whose model it reuses (``equal-to``)."""
 
-    network: str
-    input: Declaration
-    output: Declaration
+    name: str
+    inputs: tuple[Declaration, ...]
+    hidden: tuple[Declaration, ...]
+    outputs: tuple[Declaration, ...]
+    equal_to: str | None = None
+
+    def variables(self) -> tuple[Declaration, ...]:
+        return (*self.inputs, *self.hidden, *self.outputs)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where every declared variable lives in ``X_all`` / ``Y_all``.
+
+    ``slots[name]``: the ``X_all`` index of each element of input ``name`` (row-major, length
+    ``size``); ``offsets[name]``: first ``Y_all`` index of output or hidden node ``name`` (it
+    fills ``size`` entries). ``Y_all`` has ``n_values`` entries, plus ``X_all`` itself at
+    ``[n_values, n_values + n_slots)`` when ``copies_input``.
+    """
+
+    slots: dict[str, tuple[int, ...]]
+    offsets: dict[str, int]
+    n_slots: int
+    n_values: int
+    copies_input: bool
+
+    @property
+    def n_outputs(self) -> int:
+        return self.n_values + (self.n_slots if self.copies_input else 0)
+
+
+@dataclass(frozen=True)
+class Query:
+    """A VNN-LIB 2.0 query reduced to genbab's form over ``X_all`` / ``Y_all``."""
+
+    networks: tuple[NetworkDecl, ...]
+    layout: Layout
     spec: Spec  # every comparison read as non-strict
     strict: "Strictness"  # which comparisons are strict, for the exact witness check
+
+    @property
+    def network(self) -> str:
+        return self.networks[0].name
+
+    @property
+    def input(self) -> Declaration:
+        return self.networks[0].inputs[0]
+
+    @property
+    def output(self) -> Declaration:
+        return self.networks[0].outputs[0]
+
+    @property
+    def simple(self) -> bool:
+        """One network with one input and one output and no hidden node, the input not copied and
+        not merged with itself: ``X_all``/``Y_all`` are then that network's own input and output."""
+        net = self.networks[0]
+        return (len(self.networks) == 1 and len(net.inputs) == 1 and len(net.outputs) == 1 and not net.hidden
+                and not self.layout.copies_input and self.layout.n_slots == net.inputs[0].size)
+
+    def model_networks(self) -> list[str]:
+        """The networks that need a model of their own (``equal-to`` ones reuse another's)."""
+        return [n.name for n in self.networks if n.equal_to is None]
 
 
 def read_query_text(path: Path) -> str:
@@ -118,7 +188,16 @@ def nesting_depth(text: str) -> int:
 
 def declaration(decl) -> Declaration:
     dtype = getattr(decl.dtype, "name", str(decl.dtype).split(".")[-1])
-    return Declaration(decl.name, DTYPE_NAMES.get(dtype, dtype.lower()), tuple(int(d) for d in decl.shape))
+    onnx_name = getattr(decl, "onnx_name", None)
+    if onnx_name is not None:
+        onnx_name = onnx_name[1:-1] if len(onnx_name) >= 2 and onnx_name[0] == onnx_name[-1] == '"' else onnx_name
+    return Declaration(decl.name, DTYPE_NAMES.get(dtype, dtype.lower()), tuple(int(d) for d in decl.shape), onnx_name)
+
+
+def network_decl(net) -> NetworkDecl:
+    equal_to = getattr(net, "equal_to", "") or None
+    return NetworkDecl(net.name, tuple(map(declaration, net.inputs)), tuple(map(declaration, net.hidden)),
+                       tuple(map(declaration, net.outputs)), equal_to)
 
 
 def load_query(path: Path) -> Query:
@@ -135,31 +214,41 @@ def load_query(path: Path) -> Query:
         query = vnnlib.parse_query_string(text)
     except Exception as err:  # VNNLibException and the binding's own errors
         raise QueryError(f"{Path(path).name}: {one_line(err)}") from None
-    if len(query.networks) != 1:
-        raise QueryError(f"{Path(path).name}: genbab supports one network per query, found {len(query.networks)}")
-    net = query.networks[0]
-    if len(net.inputs) != 1 or len(net.outputs) != 1:
-        raise QueryError(f"{Path(path).name}: genbab supports one input and one output declaration, found "
-                         f"{len(net.inputs)} and {len(net.outputs)}")
-    if len(net.hidden) > 0:
-        raise QueryError(f"{Path(path).name}: constraints on hidden nodes are not supported")
-    inp, out = declaration(net.inputs[0]), declaration(net.outputs[0])
     name = Path(path).name
-    for decl in (inp, out):
-        if decl.size > MAX_ELEMENTS:
-            raise QueryError(f"{name}: {decl.name} declares {decl.size} elements, more than genbab reads ({MAX_ELEMENTS})")
+    if len(query.networks) == 0:
+        raise QueryError(f"{name}: the query declares no network")
+    networks = tuple(network_decl(n) for n in query.networks)
     try:
-        spec, strict = build_cases(query.assertions, inp, out)
+        check_networks(networks)
+        spec, strict, layout = build_cases(query.assertions, networks)
     except QueryError as err:
         raise QueryError(f"{name}: {err}") from None
     except Exception as err:  # VNNLibException: non-linear terms and the like
         raise QueryError(f"{name}: {one_line(err)}") from None
-    return Query(net.name, inp, out, spec, strict)
+    return Query(networks, layout, spec, strict)
+
+
+def check_networks(networks: tuple[NetworkDecl, ...]) -> None:
+    """Declarations genbab can lay out: sizes within MAX_ELEMENTS, ``equal-to`` naming a declared network."""
+    names = {n.name for n in networks}
+    total = 0
+    for net in networks:
+        if net.equal_to is not None and net.equal_to not in names:
+            raise QueryError(f"network {net.name} is equal-to {net.equal_to}, which is not declared")
+        if not net.inputs or not net.outputs:
+            raise QueryError(f"network {net.name} must declare at least one input and one output")
+        for decl in net.variables():
+            total += decl.size
+            if decl.size > MAX_ELEMENTS or total > MAX_ELEMENTS:
+                raise QueryError(f"{decl.name} declares {decl.size} elements, more than genbab reads ({MAX_ELEMENTS} "
+                                 "in all)")
 
 
 MAX_CASES = 200_000
 MAX_ELEMENTS = 2**27  # float64 values (1 GiB) in one declaration or one tensor of the result
-# an atom: sum(coeff * var) <= bound (or < bound when strict); var = ("X"|"Y", flat index)
+# a raw atom: sum(coeff * var) <= bound (or < bound when strict); var = (declared name, flat index)
+RawAtom = tuple[dict[tuple[str, int], float], float, bool]
+# an atom over the layout: var = ("X", slot of X_all) or ("Y", index into Y_all)
 Atom = tuple[dict[tuple[str, int], float], float, bool]
 
 
@@ -172,19 +261,41 @@ class Strictness:
     upper: torch.Tensor
 
 
-def build_cases(assertions, inp: Declaration, out: Declaration) -> tuple[Spec, Strictness]:
-    """AND the assertions, expand to DNF, and turn every feasible disjunct into a case."""
-    disjuncts: list[list[Atom]] = [[]]
+def build_cases(assertions, networks: tuple[NetworkDecl, ...]) -> tuple[Spec, Strictness, Layout]:
+    """AND the assertions, expand to DNF, lay the variables out, turn every feasible disjunct into a case."""
+    kinds = {d.name: ("X", d) for n in networks for d in n.inputs}
+    kinds.update({d.name: ("Y", d) for n in networks for d in (*n.hidden, *n.outputs)})
+    disjuncts: list[list[RawAtom]] = [[]]
     for assertion in assertions:
-        options = [[a for c in conj for a in atoms(c, inp, out)] for conj in assertion.expr.to_dnf()]
+        options = [[a for c in conj for a in atoms(c, kinds)] for conj in assertion.expr.to_dnf()]
         if len(disjuncts) * len(options) > MAX_CASES:
             raise QueryError(f"the property expands to more than {MAX_CASES} disjuncts")
         disjuncts = [d + o for d in disjuncts for o in options]
-    cases = [c for c in (to_case(conj, inp.size, out.size) for conj in disjuncts) if c is not None]
-    return stack_cases(cases, inp.size, out.size)
+    layout = make_layout(networks, shared_inputs(disjuncts, kinds))
+    translated = [[place(a, kinds, layout) for a in conj] for conj in disjuncts]
+    copies = any(needs_copy(a) for conj in translated for a in conj)
+    layout = Layout(layout.slots, layout.offsets, layout.n_slots, layout.n_values, copies)
+    n_in, n_out = layout.n_slots, layout.n_outputs
+    names = slot_names(layout, networks)
+    cases = [c for c in (to_case(conj, n_in, n_out, layout.n_values, names) for conj in translated) if c is not None]
+    return (*stack_cases(cases, n_in, n_out), layout)
 
 
-def atoms(comparison, inp: Declaration, out: Declaration) -> list[Atom]:
+def slot_names(layout: Layout, networks: tuple[NetworkDecl, ...]) -> list[str]:
+    """``X[0,1]``-style name of the first declared element held by each slot of ``X_all``."""
+    names: list[str | None] = [None] * layout.n_slots
+    for d in (d for n in networks for d in n.inputs):
+        for flat, slot in enumerate(layout.slots[d.name]):
+            if names[slot] is None:
+                index, rest = [], flat
+                for n in reversed(d.shape):
+                    index.append(rest % n)
+                    rest //= n
+                names[slot] = f"{d.name}[{','.join(map(str, reversed(index)))}]"
+    return names
+
+
+def atoms(comparison, kinds: dict) -> list[RawAtom]:
     """``lhs OP rhs`` as one or two atoms ``sum(c * v) <= b`` (``=`` gives two)."""
     kind = type(comparison).__name__
     if kind == "NotEqual":
@@ -195,7 +306,7 @@ def atoms(comparison, inp: Declaration, out: Declaration) -> list[Atom]:
         lin = side.to_linear_expr()
         const += sign * lin.constant
         for term in lin.terms:
-            key = variable(term.var, inp, out)
+            key = variable(term.var, kinds)
             coeffs[key] = coeffs.get(key, 0.0) + sign * term.coeff
     coeffs = {k: v for k, v in coeffs.items() if v != 0.0}
     if not math.isfinite(const) or not all(map(math.isfinite, coeffs.values())):
@@ -212,55 +323,122 @@ def atoms(comparison, inp: Declaration, out: Declaration) -> list[Atom]:
     raise QueryError(f"unsupported comparison {kind}")
 
 
-def variable(var, inp: Declaration, out: Declaration) -> tuple[str, int]:
-    """``("X"|"Y", flat row-major index)`` of a variable occurrence."""
-    decl = {inp.name: ("X", inp), out.name: ("Y", out)}.get(var.name.split("[")[0])
-    if decl is None:
-        raise QueryError(f"{var.name}: only the declared input and output can be constrained")
-    tag, d = decl
+def variable(var, kinds: dict) -> tuple[str, int]:
+    """``(declared name, flat row-major index)`` of a variable occurrence."""
+    name = var.name.split("[")[0]
+    if name not in kinds:
+        raise QueryError(f"{var.name}: not a declared input, hidden node or output")
+    d = kinds[name][1]
     index = list(var.indices)
     if len(index) != len(d.shape) or any(not 0 <= i < n for i, n in zip(index, d.shape)):
         raise QueryError(f"{var.name}: index out of the declared shape {list(d.shape)}")
     flat = 0
     for i, n in zip(index, d.shape):
         flat = flat * n + i
-    return (tag, flat)
+    return (name, flat)
 
 
-def to_case(conj: list[Atom], n_in: int, n_out: int):
-    """``(lower, upper, strict_lower, strict_upper, rows)`` of one conjunction, or None when it is empty."""
+def shared_inputs(disjuncts: list[list[RawAtom]], kinds: dict) -> list[tuple[tuple[str, int], tuple[str, int]]]:
+    """Pairs of input elements equated (``c a - c b <= 0`` and ``c b - c a <= 0``) in every disjunct."""
+    common = None
+    for conj in disjuncts:
+        halves = set()
+        for coeffs, bound, strict in conj:
+            if len(coeffs) != 2 or bound != 0.0 or strict or any(kinds[k[0]][0] != "X" for k in coeffs):
+                continue
+            (a, ca), (b, cb) = sorted(coeffs.items())
+            if ca == -cb:
+                halves.add((a, b, ca > 0))
+        pairs = {(a, b) for a, b, up in halves if up and (a, b, False) in halves}
+        common = pairs if common is None else common & pairs
+    return sorted(common or ())
+
+
+def make_layout(networks: tuple[NetworkDecl, ...], shared: list) -> Layout:
+    """Slots for the input elements (an element equated to an earlier one shares its slot) and
+    ``Y_all`` offsets: each network's outputs, then its hidden nodes."""
+    parent: dict[tuple[str, int], tuple[str, int]] = {}
+    order = {(d.name, i): k for k, (d, i) in enumerate((d, i) for n in networks for d in n.inputs for i in range(d.size))}
+
+    def root(e):
+        while parent.get(e, e) != e:
+            e = parent[e]
+        return e
+
+    for a, b in shared:  # the earlier element (declaration order) represents the pair
+        ra, rb = sorted((root(a), root(b)), key=order.__getitem__)
+        if ra != rb:
+            parent[rb] = ra
+    slot_of: dict[tuple[str, int], int] = {}
+    slots: dict[str, tuple[int, ...]] = {}
+    for net in networks:
+        for d in net.inputs:
+            row = []
+            for i in range(d.size):
+                r = root((d.name, i))
+                if r not in slot_of:
+                    slot_of[r] = len(slot_of)
+                row.append(slot_of[r])
+            slots[d.name] = tuple(row)
+    offsets: dict[str, int] = {}
+    n_values = 0
+    for net in networks:
+        for d in (*net.outputs, *net.hidden):
+            offsets[d.name] = n_values
+            n_values += d.size
+    return Layout(slots, offsets, len(slot_of), n_values, False)
+
+
+def place(atom: RawAtom, kinds: dict, layout: Layout) -> Atom:
+    """A raw atom over ``("X", slot)`` / ``("Y", index)`` (merged elements' coefficients add up)."""
+    coeffs, bound, strict = atom
+    out: dict[tuple[str, int], float] = {}
+    for (name, i), c in coeffs.items():
+        key = ("X", layout.slots[name][i]) if kinds[name][0] == "X" else ("Y", layout.offsets[name] + i)
+        out[key] = out.get(key, 0.0) + c
+    return {k: v for k, v in out.items() if v != 0.0}, bound, strict
+
+
+def needs_copy(atom: Atom) -> bool:
+    """Whether the atom reads inputs but is not a single-element bound (it becomes a row over the copy)."""
+    tags = [k[0] for k in atom[0]]
+    return "X" in tags and len(tags) > 1
+
+
+def to_case(conj: list[Atom], n_in: int, n_out: int, copy_offset: int, slot_names: list[str] | None = None):
+    """``(lower, upper, strict_lower, strict_upper, rows)`` of one conjunction, or None when it is empty.
+
+    A single-element input atom bounds the box; any other atom is a row over ``Y_all``, its input
+    terms read from the copy of ``X_all`` at ``copy_offset``."""
     lower = torch.full((n_in,), -math.inf, dtype=torch.float64)
     upper = torch.full((n_in,), math.inf, dtype=torch.float64)
     strict_lower = torch.zeros(n_in, dtype=torch.bool)
     strict_upper = torch.zeros(n_in, dtype=torch.bool)
     rows = []
     for coeffs, bound, strict in conj:
-        tags = {k[0] for k in coeffs}
         if not coeffs:
             if 0.0 < bound or (0.0 == bound and not strict):
                 continue
             return None  # a false constant comparison
-        if tags == {"X"}:
-            if len(coeffs) != 1:
-                raise QueryError("input constraints must bound single elements (the inputs form a box)")
+        if not needs_copy((coeffs, bound, strict)) and next(iter(coeffs))[0] == "X":
             ((_, i), c), = coeffs.items()
             value = bound / c
             bounds, flags, tighter = (upper, strict_upper, min) if c > 0 else (lower, strict_lower, max)
             if tighter(float(bounds[i]), value) == value:
                 flags[i] = strict or (bool(flags[i]) and float(bounds[i]) == value)
                 bounds[i] = value
-        elif tags == {"Y"}:
-            row = torch.zeros(n_out, dtype=torch.float64)
-            for (_, j), c in coeffs.items():
-                row[j] = c
-            rows.append((row, bound, strict))
         else:
-            raise QueryError("constraints mixing inputs and outputs are not supported")
+            row = torch.zeros(n_out, dtype=torch.float64)
+            for (tag, j), c in coeffs.items():
+                row[j if tag == "Y" else copy_offset + j] += c
+            rows.append((row, bound, strict))
     if torch.any(lower > upper) or torch.any((lower == upper) & (strict_lower | strict_upper)):
         return None
     unbounded = torch.nonzero(~torch.isfinite(lower) | ~torch.isfinite(upper)).flatten()
     if len(unbounded):
-        raise QueryError(f"input element {int(unbounded[0])} (flat index) has no lower or upper bound")
+        i = int(unbounded[0])
+        shown = f"input element {i} (flat index)" if slot_names is None else f"input {slot_names[i]}"
+        raise QueryError(f"{shown} has no lower or upper bound")
     return lower, upper, strict_lower, strict_upper, rows
 
 
