@@ -94,6 +94,7 @@ def main() -> None:
     ap.add_argument("--genbab", type=Path, default=GENBAB)
     ap.add_argument("--cold", action="store_true", help="do not fill the graph cache first")
     ap.add_argument("--json", type=Path, help="write every run's record here")
+    ap.add_argument("--variant", action="append", help="only these variants (repeatable), e.g. float64/t1")
     args = ap.parse_args()
     instances = pick_instances(args.instances.split(",") if args.instances else None)
     records = []
@@ -102,6 +103,8 @@ def main() -> None:
         if not args.cold:
             subprocess.run([str(args.genbab), "prepare", str(onnx)], capture_output=True, timeout=600)
         for name, flags in variants(args.genbab):
+            if args.variant and name not in args.variant:
+                continue
             rec = {"family": family, "onnx": onnx.name, "vnnlib": vnnlib.name, "variant": name,
                    **run_one(args.genbab, onnx, vnnlib, args.timeout, flags)}
             records.append(rec)

@@ -182,3 +182,19 @@ def test_memory_budget_stops_the_search_with_unknown() -> None:
     bab = BranchAndBound(engine_for(model), *BOX, C_Y2, torch.tensor([floor], dtype=torch.float64), config)
     result = bab.run(time.monotonic() + 60)
     assert result.status == "unknown" and result.open > bab.max_domains > 0
+
+
+def test_input_scores_floor_the_coefficients_and_fall_back_to_relative_width() -> None:
+    """An input with coefficient 0 (one entering through an even function) is still split when it
+    is wide enough; a domain whose coefficients are all 0 is split along its relatively widest input."""
+    from genbab.bab.branching import input_scores
+
+    A = torch.tensor([[1.0, 0.0, -2.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    width = torch.tensor([[1.0, 50.0, 1.0], [1.0, 3.0, 2.0]], dtype=torch.float64)
+    no_floor = input_scores(A[:1], width[:1], 0.0)
+    assert no_floor.tolist() == [[0.5, 0.0, 1.0]]  # the zero-coefficient input is never chosen
+    floored = input_scores(A, width, 0.1, scale=torch.tensor([1.0, 10.0, 1.0], dtype=torch.float64))
+    assert floored[0].tolist() == pytest.approx([0.5, 0.2 * 50 / 2, 1.0])
+    assert int(floored[0].argmax()) == 1  # 0.1 * max|A| * 50 / 2 = 5 beats |A| w / 2 = 1
+    assert floored[1].tolist() == pytest.approx([1.0, 0.3, 2.0])  # all zero: width / root width
+    assert int(floored[1].argmax()) == 2

@@ -18,8 +18,12 @@ splitting ``s`` shrinks ``a``'s interval as well (the interval step is exact for
 and also tightens ``h``'s own lines, while a split of ``a`` alone leaves ``h``'s input interval
 (hence ``h``'s lines) as it was.
 
-Input split (small inputs): ``|A_i| (u_i - l_i) / 2``, the part of the concretisation gap
-input ``i`` is responsible for, with ``A`` the bound's coefficient on the input.
+Input split (small inputs): ``max(|A_i|, f max_j |A_j|) (u_i - l_i) / 2``, the part of the
+concretisation gap input ``i`` is responsible for, with ``A`` the bound's coefficient on the
+input, floored at a fraction ``f`` (``BabConfig.input_coeff_floor``) of the largest: an input
+that enters only through an even function (``cos`` on a box centred near 0) gets a coefficient
+near 0 although splitting it tightens that function's relaxation, and without the floor it is
+never split. Where every coefficient is 0 the width relative to the root box decides.
 
 BBPS (default, :mod:`genbab.bab.bbps`): the estimated worst-child gain of each split, through
 the saved root linear bounds as shortcuts; the intercept score breaks ties where BBPS sees none.
@@ -121,7 +125,8 @@ def _product_scores(engine: BoundEngine, factor: str, products: list[Node], boun
 
 def neuron_scores(engine: BoundEngine, name: str, readers: list[Node], bounds: Bounds,
                   record: dict[str, torch.Tensor], best_row: torch.Tensor, products: bool = True,
-                  via: list[tuple[Node, list[Node]]] = ()) -> torch.Tensor:
+                  via: list[tuple[Node, list[Node]]] = (), input_floor: float = 0.0,
+                  input_scale: torch.Tensor | None = None) -> torch.Tensor:
     """``[D, n]`` scores of the neurons of candidate node ``name`` (``products``: count the gaps of
     the products it is a factor of, and those passed on through the monotone readers ``via``,
     see :func:`monotone_products`)."""
@@ -131,8 +136,8 @@ def neuron_scores(engine: BoundEngine, name: str, readers: list[Node], bounds: B
         A = record.get(name)
         if A is None:
             return torch.zeros(D, lo[0].numel(), dtype=lo.dtype, device=lo.device)
-        lam = A[torch.arange(D, device=A.device), best_row].reshape(D, -1).abs()
-        return lam * (hi - lo).reshape(D, -1) / 2
+        return input_scores(A[torch.arange(D, device=A.device), best_row].reshape(D, -1),
+                            (hi - lo).reshape(D, -1), input_floor, input_scale)
     score = torch.zeros(D, lo[0].numel(), dtype=lo.dtype, device=lo.device)
     for node in readers:
         A = record.get(node.name)
@@ -148,6 +153,19 @@ def neuron_scores(engine: BoundEngine, name: str, readers: list[Node], bounds: B
     score = score + _passed_on(engine, via if products else (), bounds, record, best_row, D, score)
     width = (hi - lo).reshape(D, -1)
     return torch.where(width > MIN_WIDTH, score, torch.zeros_like(score))
+
+
+def input_scores(A: torch.Tensor, width: torch.Tensor, floor: float,
+                 scale: torch.Tensor | None = None) -> torch.Tensor:
+    """``[D, n]`` input-split scores ``max(|A_i|, floor max_j |A_j|) w_i / 2`` (module docstring)
+    from the best row's input coefficients ``A`` and the box widths ``w`` ``[D, n]``; a domain
+    whose coefficients are all 0 (or not finite) scores ``w_i / scale_i`` (``scale``: the root
+    box's widths, 1 when None), so that it is still split, along its relatively widest input."""
+    lam = A.abs().nan_to_num(nan=0.0, posinf=0.0)
+    top = lam.amax(dim=1, keepdim=True)
+    score = torch.maximum(lam, floor * top) * width / 2
+    relative = width / (scale.reshape(1, -1).to(width.dtype).clamp_min(1e-300) if scale is not None else 1.0)
+    return torch.where(top > 0, score, relative)
 
 
 def _passed_on(engine: BoundEngine, via, bounds: Bounds, record: dict[str, torch.Tensor], best_row: torch.Tensor,
@@ -196,6 +214,8 @@ class BranchingContext:
     shortcuts: dict[str, Shortcut] | None = None
     box: Box | None = None
     products: bool = True  # split the factors of products too (False: elementwise inputs only)
+    input_floor: float = 0.0  # input splits: coefficient floor, a fraction of the largest (input_scores)
+    input_scale: torch.Tensor | None = None  # input splits: the root box's widths [n]
 
 
 def candidate_scores(engine: BoundEngine, name: str, readers: list[Node], bounds: Bounds,
@@ -204,7 +224,8 @@ def candidate_scores(engine: BoundEngine, name: str, readers: list[Node], bounds
     """``[D, n]`` scores of one candidate node: BBPS where a shortcut and a single reader exist,
     elementwise or an elementwise product whose other factor has a shortcut too (falling back to
     the intercept score where BBPS expects no gain), else BaBSR."""
-    babsr = neuron_scores(engine, name, readers, bounds, record, best_row, ctx.products, via)
+    babsr = neuron_scores(engine, name, readers, bounds, record, best_row, ctx.products, via, ctx.input_floor,
+                          ctx.input_scale)
     shortcut = (ctx.shortcuts or {}).get(name)
     if (ctx.method != "bbps" or shortcut is None or len(readers) != 1 or ctx.box is None
             or readers[0].name not in record):

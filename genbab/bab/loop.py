@@ -54,6 +54,7 @@ class BabConfig:
     input_split_max_dims: int = 32  # boxes with at most this many coordinates of positive width: split the input box only
     input_batch_size: int = 4096  # domains per batch when splitting the input
     input_bounds: str = "forward"  # intermediate bounds of input-split sub-boxes: "forward" | "crown"
+    input_coeff_floor: float = 0.1  # input splits: |A_i| floored at this fraction of max_j |A_j| (branching.input_scores)
     input_lookahead: bool = False  # input splits: bound both halves along every dimension to choose
     input_widest_every: int = 0  # input splits: every this many levels split the relatively widest dimension
     branching: str = "bbps"  # "bbps" | "babsr" (activation splits)
@@ -152,7 +153,8 @@ class BranchAndBound:
             lower_d = {**lower_d, self.input: rounding.to_dtype_down(clipped[0].reshape(shape), self.engine.dtype)}
             upper_d = {**upper_d, self.input: rounding.to_dtype_up(clipped[1].reshape(shape), self.engine.dtype)}
             bounds = {**bounds, self.input: (lower_d[self.input], upper_d[self.input])}
-        ctx = BranchingContext(self.config.branching, self.config.branching_points, self.shortcuts, box)
+        ctx = BranchingContext(self.config.branching, self.config.branching_points, self.shortcuts, box,
+                               input_floor=self.config.input_coeff_floor, input_scale=self.upper - self.lower)
         node, index, point = choose_splits(self.engine, self.candidates, self.readers, bounds, record, best_row, ctx)
         if self.input_mode and self.config.input_widest_every > 0:
             index, point = self.widest_every(domains.depth, lower_d[self.input].reshape(D, -1),
