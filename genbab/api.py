@@ -168,46 +168,65 @@ def run_bounds(model: Model, spec: Spec, deadline: float, alpha: AlphaConfig, st
     return torch.nonzero(~report.proved).flatten(), report.root_bounds
 
 
+def case_groups(spec: Spec, cases: list[int]) -> list[list[int]]:
+    """The ``cases`` grouped by identical input box, groups and cases in their first order."""
+    groups: dict[tuple[bytes, bytes], list[int]] = {}
+    for case in cases:
+        key = (spec.lower[case].numpy().tobytes(), spec.upper[case].numpy().tobytes())
+        groups.setdefault(key, []).append(case)
+    return list(groups.values())
+
+
 def run_bab(model: Model, spec: Spec, open_cases: torch.Tensor, deadline: float, config: BabConfig, stats: dict,
             progress: ProgressCallback | None, root_bounds: list | None = None,
             attack: AttackConfig = AttackConfig(), engine_config=None) -> tuple[torch.Tensor, Witness | None]:
-    """Branch and bound on each open case in turn; returns the cases still open (stops at the
-    first case it cannot prove: the property can then no longer be proved) and the witness a
-    domain attack confirmed, if any."""
+    """Branch and bound on the open cases, one search per input box (the cases of one box are
+    bounded together, ``BabConfig.joint_cases``; else one search per case), box after box;
+    returns the cases still open (it stops at the first box it cannot prove: the property can
+    then no longer be proved) and the witness a domain attack confirmed, if any."""
     from genbab.bab.loop import BranchAndBound
     from genbab.bounds import engine_for
 
-    reports, remaining, witness, started = [], open_cases.tolist(), None, time.monotonic()
+    reports, witness, started = [], None, time.monotonic()
+    cases = open_cases.tolist()
+    groups = case_groups(spec, cases) if config.joint_cases else [[c] for c in cases]
     engine = engine_for(model, engine_config)
     attacker = Attacker(model, spec, Replayer(model, spec), attack, device=engine.device)
-    while remaining and time.monotonic() < deadline:
-        case = remaining[0]
+    S = spec.C.shape[1]
+    while groups and time.monotonic() < deadline:
+        group = groups[0]
+        first = group[0]
+        row_to_case = torch.tensor(group, dtype=torch.int64).repeat_interleave(S)
 
-        def domain_attack(x, lo, hi, until, case=case):
-            return attacker.descend(x, torch.full((len(x),), case, device=x.device), lo, hi, until,
+        def domain_attack(x, rows, lo, hi, until, row_to_case=row_to_case):
+            return attacker.descend(x, row_to_case.to(x.device)[rows.to("cpu")].to(x.device), lo, hi, until,
                                     DOMAIN_ATTACK_STEPS)
 
-        def on_progress(result, case=case):
+        def on_progress(result, case=first):
             if progress is not None:
                 _, worst, n_open = result.history[-1]
                 progress("bab", BabProgress(case, result.visited, n_open, worst, result.max_depth),
                          deadline - time.monotonic())
 
         try:
-            result = BranchAndBound(engine, spec.lower[case], spec.upper[case], spec.C[case], spec.d[case],
-                                    config, root_bounds[case] if root_bounds else None,
-                                    domain_attack, on_progress).run(deadline)
-        except (RuntimeError, ValueError) as err:  # no proof from this case; the attack goes on
-            reports.append({"case": case, "status": "error", "error": f"{type(err).__name__}: {err}"})
+            result = BranchAndBound(engine, spec.lower[first], spec.upper[first],
+                                    spec.C[group].reshape(len(group) * S, -1), spec.d[group].reshape(-1),
+                                    config, root_bounds[first] if root_bounds else None,
+                                    domain_attack, on_progress,
+                                    row_case=torch.arange(len(group)).repeat_interleave(S)).run(deadline)
+        except (RuntimeError, ValueError) as err:  # no proof from this box; the attack goes on
+            reports.append({"case": first, "cases": group, "status": "error", "error": f"{type(err).__name__}: {err}"})
             break
-        reports.append({"case": case, "status": result.status, "visited": result.visited, "open": result.open,
-                        "max_depth": result.max_depth, "batch": result.batch, "history": result.history[-25:]})
+        reports.append({"case": first, "cases": group, "status": result.status, "visited": result.visited,
+                        "open": result.open, "max_depth": result.max_depth, "batch": result.batch,
+                        "history": result.history[-25:]})
         if result.status == "sat":
             witness = result.witness
         if result.status != "unsat":
             break
-        remaining.pop(0)
-    stats["bab"] = {"cases": reports, "proved_cases": sum(r["status"] == "unsat" for r in reports),
+        groups.pop(0)
+    remaining = [c for g in groups for c in g]
+    stats["bab"] = {"cases": reports, "proved_cases": sum(len(r["cases"]) for r in reports if r["status"] == "unsat"),
                     "time_s": round(time.monotonic() - started, 3), "visited": sum(r.get("visited", 0) for r in reports),
                     "domain_attack": {"steps": attacker.stats.steps, "replays": attacker.replayer.replays}}
     return torch.tensor(remaining, dtype=torch.int64), witness

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import pytest
 import torch
 
 import genbab
@@ -70,7 +71,7 @@ def run_with_domain_attack(model: genbab.Model, floor: float, config: BabConfig,
                        torch.tensor([[floor]], dtype=torch.float64))
     attacker = Attacker(model, spec, Replayer(model, spec))
 
-    def attack(x, lo, hi, until):
+    def attack(x, rows, lo, hi, until):
         return attacker.descend(x, torch.zeros(len(x), dtype=torch.int64), lo, hi, until, 10)
 
     bab = BranchAndBound(engine_for(model), spec.lower[0], spec.upper[0], spec.C[0], spec.d[0], config,
@@ -145,3 +146,67 @@ def test_branch_and_bound_reports_live_progress(tmp_path: Path, capsys) -> None:
         reporter("bab", bab[0], 12.0)
     err = capsys.readouterr().err
     assert "branch and bound, case 0" in err and f"{bab[0].visited} domains bounded" in err
+
+
+def two_case_spec(model: genbab.Model, floors: tuple[float, float]) -> genbab.Spec:
+    """Two cases over BOX: ``y2 <= floors[0]`` (its row twice) and ``y1 <= floors[1]`` (padded with
+    ``0 y <= 1``, as the VNN-LIB reader pads short cases)."""
+    C = torch.zeros(2, 2, 3, dtype=torch.float64)
+    d = torch.ones(2, 2, dtype=torch.float64)
+    C[0, 0, 2], d[0, 0] = 1.0, floors[0]
+    C[0, 1, 2], d[0, 1] = 1.0, floors[0]
+    C[1, 0, 1], d[1, 0] = 1.0, floors[1]
+    return genbab.Spec(BOX[0].expand(2, -1).clone(), BOX[1].expand(2, -1).clone(), C, d)
+
+
+def sampled_min(model: genbab.Model, row: torch.Tensor) -> float:
+    xs = torch.rand(100_000, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 2 - 1
+    with torch.no_grad():
+        return float((model.forward_flat(xs.float()).to(torch.float64) @ row).min())
+
+
+def gap_floor(model: genbab.Model, row: torch.Tensor, share: float) -> float:
+    """A floor ``share`` of the way from alpha-CROWN's bound of ``row . y`` to its sampled minimum."""
+    lb, _ = compute_bounds(model, *BOX, "alpha-crown", row.reshape(1, -1))
+    return float(lb) + share * (sampled_min(model, row) - float(lb))
+
+
+@pytest.mark.parametrize("input_split", [0, 32], ids=["neuron-splits", "input-splits"])
+def test_cases_of_one_box_are_proved_in_one_search(input_split: int) -> None:
+    """Two true cases over the same box: one search (one report, both cases) proves both."""
+    from genbab.api import run_bab
+
+    model = toy()
+    y1 = torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)
+    spec = two_case_spec(model, (gap_floor(model, C_Y2[0], 0.5), gap_floor(model, y1, 0.5)))
+    stats: dict = {}
+    config = BabConfig(input_split_max_dims=input_split)
+    remaining, witness = run_bab(model, spec, torch.tensor([0, 1]), time.monotonic() + 60, config, stats, None)
+    assert witness is None and len(remaining) == 0
+    assert [r["cases"] for r in stats["bab"]["cases"]] == [[0, 1]] and stats["bab"]["proved_cases"] == 2
+    case_by_case: dict = {}
+    remaining, _ = run_bab(model, spec, torch.tensor([0, 1]), time.monotonic() + 60,
+                           BabConfig(input_split_max_dims=input_split, joint_cases=False), case_by_case, None)
+    assert len(remaining) == 0 and [r["cases"] for r in case_by_case["bab"]["cases"]] == [[0], [1]]
+
+
+@pytest.mark.parametrize("input_split", [0, 32], ids=["neuron-splits", "input-splits"])
+def test_one_false_case_among_the_cases_of_a_box_is_never_proved(input_split: int) -> None:
+    """Case 0 true, case 1 false: the joint search must end with a witness of case 1 that
+    replays on onnxruntime (never unsat), or leave both cases open."""
+    from genbab.api import run_bab
+
+    model = toy()
+    y1 = torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)
+    floor1 = sampled_min(model, y1) + 0.01
+    spec = two_case_spec(model, (gap_floor(model, C_Y2[0], 0.5), floor1))
+    stats: dict = {}
+    remaining, witness = run_bab(model, spec, torch.tensor([0, 1]), time.monotonic() + 20,
+                                 BabConfig(input_split_max_dims=input_split), stats, None)
+    assert sorted(remaining.tolist()) == [0, 1]
+    assert witness is not None and witness.case == 1
+    x = np.asarray(witness.x, dtype=np.float64)
+    assert np.all(x >= -1.0) and np.all(x <= 1.0)
+    session = ort.InferenceSession(model.onnx_bytes, providers=["CPUExecutionProvider"])
+    y = session.run(None, {model.input_name: x.reshape(model.onnx_input_shape).astype(model.np_dtype)})[0]
+    assert float(np.asarray(y, dtype=np.float64).reshape(-1) @ y1.numpy()) < floor1

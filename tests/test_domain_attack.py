@@ -52,7 +52,7 @@ def test_bab_returns_a_replayed_witness_from_its_worst_domains(tmp_path: Path, i
     spec, floor = violated_spec(tmp_path, model)
     attacker = Attacker(model, spec, Replayer(model, spec))
 
-    def attack(x, lo, hi, until):
+    def attack(x, rows, lo, hi, until):
         return attacker.descend(x, torch.zeros(len(x), dtype=torch.int64), lo, hi, until, 10)
 
     bab = BranchAndBound(engine_for(model), spec.lower[0], spec.upper[0], spec.C[0], spec.d[0],
@@ -74,7 +74,7 @@ def test_bab_without_a_witness_stays_unsat(tmp_path: Path) -> None:
     d = torch.tensor([floor - 0.052], dtype=torch.float64)  # y2 > min - 0.05 holds everywhere
     calls = []
 
-    def attack(x, lo, hi, until):
+    def attack(x, rows, lo, hi, until):
         calls.append(len(x))
         return None
 

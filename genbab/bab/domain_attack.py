@@ -14,7 +14,8 @@ from typing import Callable
 
 import torch
 
-# (starting points [P, n], their boxes lower [P, n] / upper [P, n], deadline) -> witness or None
+# (starting points [P, n], the row of C each point serves [P], their boxes lower [P, n] / upper [P, n],
+#  deadline) -> witness or None
 DomainAttack = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], object]
 
 
@@ -51,6 +52,7 @@ class DomainAttacker:
         lo = lower[pick].unsqueeze(1).expand(k, S, n).reshape(k * S, n)
         hi = upper[pick].unsqueeze(1).expand(k, S, n).reshape(k * S, n)
         try:
-            return self.attack(x.reshape(k * S, n), lo, hi, deadline)
+            rows = torch.arange(S, device=x.device).repeat(k)
+            return self.attack(x.reshape(k * S, n), rows, lo, hi, deadline)
         finally:
             self.spent += time.monotonic() - t0

@@ -1,4 +1,10 @@
-"""The branch-and-bound loop for one case ``C y <= d`` over one input box.
+"""The branch-and-bound loop for the cases ``C_k y <= d_k`` of one input box, as one search.
+
+A domain is proved when every case is: some row of each case has a positive lower bound
+(``row_case`` maps rows to cases; one case by default). Splits serve the domain's worst case
+(its best row's coefficients score them), and input clipping keeps the hull of what each case
+leaves of the box. Bounding all the cases of a box together shares the intermediate bounds,
+which are most of a pass's cost (lsnc: 13 cases over one box, 3 left open at the root).
 
 Bound the root; then repeatedly take the ``batch / 2`` open domains with the lowest bound,
 split each at its chosen neuron, bound all children in one batched CROWN pass (split
@@ -55,6 +61,7 @@ class BabConfig:
     input_batch_size: int = 4096  # domains per batch when splitting the input
     input_bounds: str = "forward"  # intermediate bounds of input-split sub-boxes: "forward" | "crown"
     input_coeff_floor: float = 0.1  # input splits: |A_i| floored at this fraction of max_j |A_j| (branching.input_scores)
+    joint_cases: bool = True  # the open cases of one input box in one search (api.run_bab); False: case by case
     input_lookahead: bool = False  # input splits: bound both halves along every dimension to choose
     input_widest_every: int = 0  # input splits: every this many levels split the relatively widest dimension
     branching: str = "bbps"  # "bbps" | "babsr" (activation splits)
@@ -74,15 +81,21 @@ class BabResult:
 
 
 class BranchAndBound:
-    """Proves ``min_{x in box} max_j (C f(x) - d)_j > 0`` by splitting nonlinearity inputs."""
+    """Proves ``min_{x in box} max_{j in rows(k)} (C f(x) - d)_j > 0`` for every case ``k`` by
+    splitting nonlinearity inputs (or the input box); ``C`` ``[S, n_out]``, ``d`` ``[S]``,
+    ``row_case`` ``[S]`` the case of each row (all 0 when None)."""
 
     def __init__(self, engine: BoundEngine, lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor,
                  d: torch.Tensor, config: BabConfig = BabConfig(), root_bounds=None,
-                 attack: DomainAttack | None = None, on_progress=None):
+                 attack: DomainAttack | None = None, on_progress=None, row_case: torch.Tensor | None = None):
         self.engine, self.config = engine, config
         self.lower = rounding.to_dtype_down(lower.to(engine.device), engine.dtype)  # outward: no point is lost
         self.upper = rounding.to_dtype_up(upper.to(engine.device), engine.dtype)
         self.C, self.d = C.to(engine.device, engine.dtype), rounding.to_dtype_up(d.to(engine.device), engine.dtype)
+        if row_case is None:
+            row_case = torch.zeros(C.shape[0], dtype=torch.int64)
+        self.row_case = row_case.to(engine.device, torch.int64)
+        self.case_rows = [torch.nonzero(self.row_case == k).flatten() for k in range(int(row_case.max()) + 1)]
         self.input = engine.graph.input_name
         free = int((self.upper > self.lower).sum())  # coordinates of positive width: what splitting shrinks
         self.input_mode = free <= config.input_split_max_dims
@@ -137,7 +150,8 @@ class BranchAndBound:
         rows = optimize_rows(self.engine, C, box, bounds, self.alpha, offset=d, deadline=deadline, record=record,
                              splits=splits, warm=warm)
         rows = rows.nan_to_num(nan=-torch.inf)
-        lb, best_row = rows.max(dim=1)
+        case_lb, best_row = self.worst_case(rows)
+        lb = case_lb.amin(dim=1)
         empty = (box.lower > box.upper).reshape(D, -1).any(dim=1)
         for lo, hi in bounds.values():
             empty |= (lo > hi).reshape(D, -1).any(dim=1)
@@ -147,8 +161,8 @@ class BranchAndBound:
             self.witness = self.domain_attack(lb, record.get(self.input), lower, upper, deadline)
         lower_d, upper_d = domains.lower, domains.upper
         if self.input_mode and self.input in record:  # shrink each box to where a counterexample may be
-            clipped = clip_box(lower, upper, record[self.input], record["rows"])
-            lb = torch.where((clipped[0] > clipped[1]).any(dim=1), torch.full_like(lb, torch.inf), lb)
+            clipped, none = self.clip(lower, upper, record[self.input], record["rows"], case_lb)
+            lb = torch.where(none, torch.full_like(lb, torch.inf), lb)
             shape = domains.lower[self.input].shape
             lower_d = {**lower_d, self.input: rounding.to_dtype_down(clipped[0].reshape(shape), self.engine.dtype)}
             upper_d = {**upper_d, self.input: rounding.to_dtype_up(clipped[1].reshape(shape), self.engine.dtype)}
@@ -166,6 +180,42 @@ class BranchAndBound:
                 index[open_], point[open_] = self.lookahead_split(lo_c, hi_c, index[open_], deadline)
         params = {} if self.input_mode else record.get("warm", {})
         return DomainBatch(lower_d, upper_d, lb.to(torch.float64), domains.depth, node, index, point, params)
+
+    def worst_case(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per domain the bound of each case (its best row's) ``[D, K]`` and the index of the best
+        row of the worst case ``[D]`` (its coefficients score the next split)."""
+        if len(self.case_rows) == 1:
+            lb, best = rows.max(dim=1)
+            return lb.unsqueeze(1), best
+        bounds, bests = [], []
+        for idx in self.case_rows:
+            lb, arg = rows[:, idx].max(dim=1)
+            bounds.append(lb)
+            bests.append(idx[arg])
+        case_lb = torch.stack(bounds, dim=1)
+        worst = case_lb.argmin(dim=1, keepdim=True)
+        return case_lb, torch.stack(bests, dim=1).gather(1, worst).squeeze(1)
+
+    def clip(self, lower: torch.Tensor, upper: torch.Tensor, A: torch.Tensor, rows: torch.Tensor,
+             case_lb: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The clipped boxes ``[D, n]`` (:func:`~genbab.bab.clipping.clip_box` per case; the hull of
+        the cases' boxes not yet proved) and per domain whether no case is left ``[D]``."""
+        if len(self.case_rows) == 1:
+            lo, hi = clip_box(lower, upper, A, rows)
+            return (lo, hi), (lo > hi).any(dim=1)
+        los, his, alive = [], [], []
+        for k, idx in enumerate(self.case_rows):
+            lo, hi = clip_box(lower, upper, A[:, idx], rows[:, idx])
+            los.append(lo)
+            his.append(hi)
+            alive.append(~((lo > hi).any(dim=1) | (case_lb[:, k] > 0)))
+        live = torch.stack(alive, dim=1).unsqueeze(2)  # [D, K, 1]
+        lo = torch.where(live, torch.stack(los, dim=1), torch.inf).amin(dim=1)
+        hi = torch.where(live, torch.stack(his, dim=1), -torch.inf).amax(dim=1)
+        none = ~live.squeeze(2).any(dim=1)
+        lo = torch.where(none.unsqueeze(1), lower.to(lo.dtype), lo)
+        hi = torch.where(none.unsqueeze(1), upper.to(hi.dtype), hi)
+        return (lo, hi), none
 
     def widest_every(self, depth, lower, upper, index, point):
         """At every ``input_widest_every``-th level, split the input dimension with the largest width
