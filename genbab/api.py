@@ -95,7 +95,10 @@ def verify(model: Model | str | Path, spec: Spec | str | Path, timeout: float = 
     if bounds and not translation_agrees(model, spec, seed, stats, engine_config):
         bounds = False  # no proof about a graph that is not the model; the attack goes on
     if bounds:
-        open_cases, root_bounds = run_bounds(model, spec, deadline, alpha, stats, progress, engine_config)
+        # input splitting bounds sub-boxes by the thousand: its time beats tightening the root's bounds
+        splits_inputs = bab and free_inputs(spec) <= bab_config.input_split_max_dims
+        open_cases, root_bounds = run_bounds(model, spec, deadline, alpha, stats, progress, engine_config,
+                                             tighten=not (splits_inputs and bab_config.input_skip_tightening))
         if len(open_cases) and bab and "error" not in stats["bounds"]:
             reserve = max(1.0, 0.1 * (deadline - time.monotonic()))
             open_cases, witness = run_bab(model, spec, open_cases, deadline - reserve, bab_config, stats, progress,
@@ -139,6 +142,11 @@ def translation_agrees(model: Model, spec: Spec, seed: int, stats: dict, engine_
     return report.ok
 
 
+def free_inputs(spec: Spec) -> int:
+    """The most input coordinates of positive width in any case's box (what input splits shrink)."""
+    return int((spec.upper > spec.lower).sum(dim=1).max()) if spec.n_cases else 0
+
+
 def first_attack_budget(timeout: float) -> float:
     """At most this many seconds of attack before bounding (it also stops once it stalls): most
     counterexamples fall in the first seconds; the rest get the time left after bounding."""
@@ -146,15 +154,17 @@ def first_attack_budget(timeout: float) -> float:
 
 
 def run_bounds(model: Model, spec: Spec, deadline: float, alpha: AlphaConfig, stats: dict,
-               progress: ProgressCallback | None, engine_config=None) -> tuple[torch.Tensor, list | None]:
+               progress: ProgressCallback | None, engine_config=None,
+               tighten: bool = True) -> tuple[torch.Tensor, list | None]:
     """alpha-CROWN on every case; returns the indices of the cases it did not prove and, per case,
-    the intermediate bounds of its box (branch and bound starts from them)."""
+    the intermediate bounds of its box (branch and bound starts from them). ``tighten``: the
+    rounds of intermediate-bound tightening (:func:`~genbab.prove.prove_cases`)."""
     if progress is not None:
         progress("bounds", AttackStats(), deadline - time.monotonic())
     try:
         from genbab.bounds import engine_for
 
-        report = prove_cases(model, spec, deadline, alpha, engine=engine_for(model, engine_config))
+        report = prove_cases(model, spec, deadline, alpha, tighten=tighten, engine=engine_for(model, engine_config))
     except UnsupportedOpError as err:
         stats["bounds"] = {"error": str(err)}
         return torch.arange(spec.n_cases), None

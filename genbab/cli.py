@@ -101,6 +101,31 @@ def _check_writable(path: Path | None, option: str) -> None:
     sys.exit(2)
 
 
+
+class ThreadsType(click.ParamType):
+    """``auto`` or a whole number of threads from 1 to 4096."""
+
+    name = "auto|N"
+
+    def convert(self, value, param, ctx):
+        if value == "auto" or isinstance(value, int):
+            return value
+        try:
+            n = int(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither 'auto' nor a whole number", param, ctx)
+        if not 1 <= n <= 4096:
+            self.fail(f"{n} is not in the range 1<=x<=4096", param, ctx)
+        return n
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
 @click.group(cls=_OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="genbab")
 def main() -> None:
@@ -130,11 +155,12 @@ def main() -> None:
               help="Bound kernels: Triton on CUDA (auto), or force one path; triton on the CPU needs TRITON_INTERPRET=1.")
 @click.option("--precision", type=click.Choice(["auto", "float32", "float64"]), default="auto", show_default=True,
               help="Bound arithmetic (auto: float64); both are sound.")
-@click.option("--threads", type=click.IntRange(min=1, max=4096), default=1, show_default=True,
-              help="CPU threads for tensor work (small bound steps run faster on one).")
+@click.option("--threads", type=ThreadsType(), default="auto", show_default=True,
+              help="CPU threads for tensor work; auto: one for the many small bound steps, every core for "
+                   "the wide input-split passes.")
 def verify(model: Path, spec: Path, timeout: float, results_file: Path | None, json_path: Path | None,
            device: str, seed: int, no_bab: bool, no_bounds: bool, quiet: bool, branching: str,
-           branching_points: str, kernels: str, precision: str, threads: int) -> None:
+           branching_points: str, kernels: str, precision: str, threads: int | str) -> None:
     """Check MODEL (.onnx[.gz]) against the VNN-LIB property SPEC (.vnnlib[.gz])."""
     _FAST_EXIT.append(True)
     _check_writable(results_file, "--results-file")
@@ -157,7 +183,7 @@ def verify(model: Path, spec: Path, timeout: float, results_file: Path | None, j
 
 def _verify(model: Path, spec: Path, timeout: float, results_file: Path | None, json_path: Path | None,
             device: str, seed: int, no_bab: bool, no_bounds: bool, quiet: bool, branching: str,
-            branching_points: str, kernels: str, threads: int, precision: str = "auto") -> None:
+            branching_points: str, kernels: str, threads: int | str, precision: str = "auto") -> None:
     from genbab.memory_tuning import tune_malloc
 
     tune_malloc()  # keep freed tensor memory in the heap (glibc only): page faults cost more than bounds
@@ -166,12 +192,13 @@ def _verify(model: Path, spec: Path, timeout: float, results_file: Path | None, 
     from genbab.bab.loop import BabConfig
     from genbab.bounds.config import EngineConfig
 
-    torch.set_num_threads(threads)
+    wide_threads = usable_cores() if threads == "auto" else threads
+    torch.set_num_threads(1 if threads == "auto" else threads)
     try:  # refuses cuda without CUDA, triton without triton or on a device it cannot serve, before any work
         EngineConfig.resolve(device, kernels)
     except GenbabError as err:
         _fail(results_file, f"error: {err}", 2)
-    bab_config = BabConfig(branching=branching, branching_points=branching_points)
+    bab_config = BabConfig(branching=branching, branching_points=branching_points, input_threads=wide_threads)
     try:
         from genbab.spec import load_model_and_spec  # a VNN-LIB 2.0 query over several inputs/outputs: composed
 

@@ -210,3 +210,21 @@ def test_one_false_case_among_the_cases_of_a_box_is_never_proved(input_split: in
     session = ort.InferenceSession(model.onnx_bytes, providers=["CPUExecutionProvider"])
     y = session.run(None, {model.input_name: x.reshape(model.onnx_input_shape).astype(model.np_dtype)})[0]
     assert float(np.asarray(y, dtype=np.float64).reshape(-1) @ y1.numpy()) < floor1
+
+
+def test_input_split_search_runs_on_its_threads_and_restores_the_count() -> None:
+    """``BabConfig.input_threads``: the input-split passes run on that many torch threads (seen
+    from the progress callback, called between passes) and the caller's count comes back after."""
+    model = toy()
+    floor = gap_floor(model, C_Y2[0], 0.5)
+    seen: list[int] = []
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        bab = BranchAndBound(engine_for(model), *BOX, C_Y2, torch.tensor([floor], dtype=torch.float64),
+                             BabConfig(input_threads=2), on_progress=lambda r: seen.append(torch.get_num_threads()))
+        assert bab.input_mode and bab.run(time.monotonic() + 30).status == "unsat"
+        assert seen and set(seen) == {2}
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
