@@ -1,8 +1,8 @@
 """Start-up, branch-and-bound throughput and wall time of fresh `genbab verify` processes.
 
 For one instance per shared benchmark family (``--instances`` overrides, as FAMILY/VNNLIB-NAME),
-runs each engine variant (``--threads 1`` and ``2``; ``--precision float64`` and ``float32`` when
-the installed genbab has that option) as a fresh process, one at a time, and reports per run:
+runs each engine variant (``--threads auto``, ``1`` and ``2``; ``--precision float64`` and
+``float32`` when the installed genbab has those options) as a fresh process, one at a time, and reports per run:
 
 - ``startup``: seconds from process start until ``genbab.verify`` began (``stats.startup_s``),
 - ``ready``: ``startup`` plus loading the model and property (``stats.load_s``),
@@ -62,7 +62,9 @@ def variants(genbab: Path) -> list[tuple[str, list[str]]]:
     precisions = ["float64", "float32"] if "--precision" in help_text else [None]
     out = []
     for precision in precisions:
-        for threads in (1, 2):
+        for threads in ("auto", 1, 2):
+            if threads == "auto" and "auto|N" not in help_text.replace("AUTO|N", "auto|N"):
+                continue  # this genbab's --threads takes numbers only
             flags = ["--threads", str(threads)] + (["--precision", precision] if precision else [])
             out.append((f"{precision or 'default'}/t{threads}", flags))
     return out
