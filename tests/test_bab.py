@@ -228,3 +228,33 @@ def test_input_split_search_runs_on_its_threads_and_restores_the_count() -> None
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_joint_search_without_an_attack_never_proves_a_false_case() -> None:
+    """No attack to end it early: with case 1 false, the joint search may time out but must
+    never answer ``unsat`` although case 0 alone is provable."""
+    model = toy()
+    y1 = torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)
+    C = torch.stack([C_Y2[0], y1])
+    d = torch.tensor([gap_floor(model, C_Y2[0], 0.5), sampled_min(model, y1) + 0.01], dtype=torch.float64)
+    for dims in (0, 32):
+        bab = BranchAndBound(engine_for(model), *BOX, C, d, BabConfig(input_split_max_dims=dims),
+                             row_case=torch.tensor([0, 1]))
+        assert bab.run(time.monotonic() + 5).status != "unsat"
+
+
+def test_clipping_of_several_cases_keeps_the_hull_of_their_boxes() -> None:
+    """Case 0 leaves ``x0 <= -0.5``, case 1 leaves ``x0 >= 0.5``: a counterexample may lie in
+    either, so the clipped box is their hull, not their (empty) intersection."""
+    model = toy()
+    bab = BranchAndBound(engine_for(model), *BOX, torch.stack([C_Y2[0], C_Y2[0]]), torch.zeros(2, dtype=torch.float64),
+                         BabConfig(), row_case=torch.tensor([0, 1]))
+    lower, upper = -torch.ones(1, 2, dtype=torch.float64), torch.ones(1, 2, dtype=torch.float64)
+    A = torch.tensor([[[1.0, 0.0], [-1.0, 0.0]]], dtype=torch.float64)
+    rows = torch.tensor([[-0.5, -0.5]], dtype=torch.float64)
+    (lo, hi), none = bab.clip(lower, upper, A, rows, rows)
+    assert not bool(none[0])
+    assert float(lo[0, 0]) <= -1.0 and float(hi[0, 0]) >= 1.0 - 1e-9  # the hull of [-1, -0.5] and [0.5, 1]
+    one = BranchAndBound(engine_for(model), *BOX, C_Y2, torch.zeros(1, dtype=torch.float64), BabConfig())
+    (lo1, hi1), _ = one.clip(lower, upper, A[:, :1], rows[:, :1], rows[:, :1])
+    assert float(hi1[0, 0]) < -0.49  # one case alone: clipped to x0 <= -0.5
