@@ -179,11 +179,14 @@ def run_bounds(model: Model, spec: Spec, deadline: float, alpha: AlphaConfig, st
 
 
 def case_groups(spec: Spec, cases: list[int]) -> list[list[int]]:
-    """The ``cases`` grouped by identical input box, groups and cases in their first order."""
-    groups: dict[tuple[bytes, bytes], list[int]] = {}
+    """The ``cases`` grouped by identical input box (:func:`~genbab.prove.group_by_box`), groups
+    and cases in their first order."""
+    from genbab.prove import group_by_box
+
+    box_of = group_by_box(spec)[1].tolist()
+    groups: dict[int, list[int]] = {}
     for case in cases:
-        key = (spec.lower[case].numpy().tobytes(), spec.upper[case].numpy().tobytes())
-        groups.setdefault(key, []).append(case)
+        groups.setdefault(box_of[case], []).append(case)
     return list(groups.values())
 
 
