@@ -101,6 +101,16 @@ def test_split_sizes_input(tmp_path: Path) -> None:
     check_against_onnxruntime(write(tmp_path, nodes, X_SHAPE, [ints("sizes", [1, 2, 1])]))
 
 
+def test_split_output_is_one_of_its_results(tmp_path: Path) -> None:
+    """A graph output that is one result of a multi-output node (the other unused, or read by a
+    later node) is that result, not the node's whole tuple."""
+    nodes = [helper.make_node("Split", ["x", "sizes"], ["y", "rest"], axis=3)]
+    check_against_onnxruntime(write(tmp_path, nodes, [1, 3, 4, 2], [ints("sizes", [2, 3])]))
+    nodes = [helper.make_node("Split", ["x", "sizes"], ["a", "y"], axis=3),
+             helper.make_node("Relu", ["a"], ["unused"])]
+    check_against_onnxruntime(write(tmp_path, nodes, [1, 3, 4, 3], [ints("sizes", [2, 3])]))
+
+
 def test_pad_with_axes(tmp_path: Path) -> None:
     value = numpy_helper.from_array(np.array(0.5, np.float32), "value")
     nodes = [helper.make_node("Pad", ["x", "pads", "value", "axes"], ["y"], mode="constant")]

@@ -100,6 +100,7 @@ def prepare(model: onnx.ModelProto, info: onnx_io.InputInfo) -> tuple[onnx.Model
         model = unroll_recurrent_ops(model)
     model = onnx_io.fold_constants(model, info)
     onnx_io.normalize_optional_inputs(model, info)
+    onnx_io.separate_multi_output_results(model)
     original_names = onnx_io.name_nodes(model)
     check_supported(model, original_names)
     return onnx_io.annotate_shapes_by_running(model, info), original_names

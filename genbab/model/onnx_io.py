@@ -297,6 +297,38 @@ def normalize_optional_inputs(model: onnx.ModelProto, info: InputInfo) -> None:
     _strip_trailing_empty(graph)
 
 
+def separate_multi_output_results(model: onnx.ModelProto) -> None:
+    """Rewrite (in place) every graph output produced by a node with several outputs (``Split``,
+    ``TopK``, ...) into ``Identity`` of a renamed result: onnx2torch returns such a node's whole
+    tuple as the model output instead of the one element the graph names."""
+    graph = model.graph
+    outputs = {o.name for o in graph.output}
+    used = {i.name for i in graph.initializer} | {o for n in graph.node for o in n.output}
+    used |= {i.name for i in graph.input}
+    nodes = []
+    for node in graph.node:
+        nodes.append(node)
+        if sum(1 for o in node.output if o) < 2:
+            continue
+        for pos, name in enumerate(node.output):
+            if name not in outputs:
+                continue
+            inner, k = f"{name}__part", 0
+            while inner in used:
+                k += 1
+                inner = f"{name}__part{k}"
+            used.add(inner)
+            node.output[pos] = inner
+            for other in graph.node:
+                for i, value in enumerate(other.input):
+                    if value == name:
+                        other.input[i] = inner
+            nodes.append(onnx.helper.make_node("Identity", [inner], [name]))
+    if len(nodes) != len(graph.node):
+        del graph.node[:]
+        graph.node.extend(nodes)
+
+
 def _normalize_clip(node: onnx.NodeProto, inits: dict, info: InputInfo, new_initializer) -> None:
     names = list(node.input)
     while len(names) > 1 and not names[-1]:
