@@ -267,3 +267,36 @@ def test_supports_claims_the_new_theories() -> None:
     assert set(vnnlib2("supports", "--multiple-input-output-theories").output.split()) == {"SIO", "MIO"}
     assert set(vnnlib2("supports", "--multiple-node-comparison-theories").output.split()) == {"SNC", "MNC"}
     assert "LIN" in vnnlib2("supports", "--arithmetic-complexity-theories").output.split()
+
+
+SHAPE_QUERY = HEADER + """(declare-network N
+    (declare-input X float32 [2,3])
+    (declare-output Y int64 [2])
+)
+(assert (and (>= X[0,0] 0.0) (<= X[0,0] 1.0) (>= X[0,1] 0.0) (<= X[0,1] 1.0) (>= X[0,2] 0.0) (<= X[0,2] 1.0)))
+(assert (and (>= X[1,0] -2.0) (<= X[1,0] 2.0) (>= X[1,1] 0.0) (<= X[1,1] 1.0) (>= X[1,2] 0.0) (<= X[1,2] 1.0)))
+(assert {goal})
+"""
+
+
+def test_constant_output_model_is_decided_on_its_value(tmp_path: Path) -> None:
+    """``Y = Shape(X)`` = [2, 3] whatever X: decided on that constant (a fresh solver process each);
+    ``sat`` carries an input of the box and the constant output, printed as integers."""
+    graph = helper.make_graph([helper.make_node("Shape", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT64, [2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    m = save(model, tmp_path / "shape.onnx")
+    q = tmp_path / "q.vnnlib"
+    expected = {"(>= Y[1] 4)": "unsat", "(or (>= Y[0] 3) (<= Y[1] 2))": "unsat", "(<= Y[0] 1)": "unsat",
+                "(>= Y[0] 2)": "sat", "(or (>= Y[0] 3) (and (<= Y[0] 2) (>= Y[1] 3)))": "sat"}
+    for goal, verdict in expected.items():
+        q.write_text(SHAPE_QUERY.format(goal=goal))
+        res = run_genbab("vnnlib2", "verify", str(q), "--network", f"N={m}", "--timeout", "20")
+        assert res.returncode == 0 and res.stdout.splitlines()[0] == verdict, (goal, res.stdout + res.stderr)
+        if verdict == "sat":
+            v = assignment(res.stdout)
+            assert res.stdout.splitlines()[-2:] == ["2", "3"]  # int64 values as integers
+            assert v["Y"].tolist() == [2, 3] and v["X"].shape == (6,)
+            assert np.all(v["X"] >= [0, 0, 0, -2, 0, 0]) and np.all(v["X"] <= [1, 1, 1, 2, 1, 1])

@@ -202,25 +202,34 @@ def run_query(query_path: Path, networks: dict[str, Path], deadline: float, seed
 
 
 def run_simple(query, model_path: Path, deadline: float, seed: int) -> str:
-    """One network, one input, one output: genbab on the model itself."""
+    """One network, one input, one output: genbab on the model itself (loaded by
+    :func:`genbab.verify`, which also decides a model whose output ignores its input, such as
+    ``Shape(X)``, on that constant output)."""
     import genbab
     from genbab.spec.vnnlib2 import search_spec, witness_satisfies
 
-    model = genbab.load_model(model_path)
     budget = deadline - time.monotonic()
     if budget <= 0:
         return "timed-out\n"
-    result = genbab.verify(model, search_spec(query), timeout=budget, seed=seed)
+    result = genbab.verify(model_path, search_spec(query), timeout=budget, seed=seed)
     if result.status == "sat" and result.witness is not None:
         w = result.witness
         if not witness_satisfies(query, w.case, w.x.astype("float64"), w.y.astype("float64")):
             print("note: genbab's witness meets the query only with its strict comparisons read as non-strict;"
                   " answering unknown", file=sys.stderr)
             return "unknown\n"
-        lines = ["sat", query.input.header(), *(repr(float(v)) for v in result.witness.x),
-                 query.output.header(), *(repr(float(v)) for v in result.witness.y)]
+        lines = ["sat", query.input.header(), *value_lines(query.input, w.x),
+                 query.output.header(), *value_lines(query.output, w.y)]
         return "\n".join(lines) + "\n"
     return {"unsat": "unsat\n", "timeout": "timed-out\n"}.get(result.status, "unknown\n")
+
+
+def value_lines(decl, values) -> list[str]:
+    """One line per value of a declared variable: integers for integer and boolean types (an
+    ``int64`` output such as ``Shape(X)`` reads ``3``), else the shortest round-tripping float."""
+    if decl.dtype.startswith(("int", "uint")) or decl.dtype == "bool":
+        return [str(int(v)) for v in values]
+    return [repr(float(v)) for v in values]
 
 
 def run_composed(query, networks: dict[str, Path], deadline: float, seed: int) -> str:
@@ -253,7 +262,7 @@ def run_composed(query, networks: dict[str, Path], deadline: float, seed: int) -
         lines = ["sat"]
         for net in query.networks:
             for decl in net.variables():
-                lines += [decl.header(), *(repr(float(v)) for v in values[decl.name].reshape(-1))]
+                lines += [decl.header(), *value_lines(decl, values[decl.name].reshape(-1))]
         return "\n".join(lines) + "\n"
     return {"unsat": "unsat\n", "timeout": "timed-out\n"}.get(result.status, "unknown\n")
 
