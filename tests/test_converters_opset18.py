@@ -144,3 +144,48 @@ def test_opset21_type_only_versions(tmp_path: Path) -> None:
              helper.make_node("Cast", ["r"], ["c"], to=TensorProto.FLOAT),
              helper.make_node("Flatten", ["c"], ["y"], axis=1)]
     check_against_onnxruntime(write(tmp_path, nodes, [1, 60], [ints("shape", [1, 4, 15])], opset=21))
+
+
+SAME_PADS = {  # kernel, strides over X_SHAPE's 4 x 5 image: even and odd totals, strides
+    "k3": ([3, 3], [1, 1]),
+    "k2": ([2, 2], [1, 1]),
+    "k3-s2": ([3, 3], [2, 2]),
+    "k2x4-s3x2": ([2, 4], [3, 2]),
+}
+
+
+@pytest.mark.parametrize("mode", ["SAME_UPPER", "SAME_LOWER"])
+@pytest.mark.parametrize("case", sorted(SAME_PADS))
+def test_conv_and_pools_with_same_auto_pad(tmp_path: Path, mode: str, case: str) -> None:
+    """``auto_pad`` SAME_UPPER/SAME_LOWER (refused by onnx2torch) become explicit ``pads`` at
+    load: MaxPool and Conv equal onnxruntime, the odd cell of padding on the side ``mode`` names."""
+    from genbab.model import onnx_io
+
+    kernel, strides = SAME_PADS[case]
+    w = numpy_helper.from_array(np.random.default_rng(1).standard_normal((2, 3, *kernel)).astype(np.float32), "w")
+    out = [1, 2, *(-(-n // s) for n, s in zip(X_SHAPE[2:], strides))]  # ceil(n / s)
+    pool = helper.make_node("MaxPool", ["x"], ["y"], auto_pad=mode, kernel_shape=kernel, strides=strides)
+    path = write(tmp_path, [pool], [1, 3, *out[2:]])
+    check_against_onnxruntime(path, bound=False)
+    rewritten = onnx_io.explicit_auto_pad(onnx.load(str(path)), onnx_io.model_input(onnx.load(str(path))))
+    attrs = {a.name: helper.get_attribute_value(a) for a in rewritten.graph.node[0].attribute}
+    assert "auto_pad" not in attrs and len(attrs["pads"]) == 4
+    begin, end = attrs["pads"][:2], attrs["pads"][2:]
+    assert all((e - b) in ((0, 1) if mode == "SAME_UPPER" else (0, -1)) for b, e in zip(begin, end))
+    conv = helper.make_node("Conv", ["x", "w"], ["y"], auto_pad=mode, strides=strides)
+    check_against_onnxruntime(write(tmp_path, [conv], out, [w]))
+
+
+def test_dilated_same_auto_pad_stays_refused(tmp_path: Path) -> None:
+    """onnxruntime (the replay) refuses a dilated SAME Conv and pads a dilated SAME MaxPool as if
+    undilated: such nodes are left to the translator, which refuses them by name."""
+    pool = helper.make_node("MaxPool", ["x"], ["y"], auto_pad="SAME_UPPER", kernel_shape=[2, 2], dilations=[2, 2])
+    with pytest.raises(UnsupportedOpError, match="auto_pad"):
+        genbab.load_model(write(tmp_path, [pool], X_SHAPE))
+
+
+def test_average_pool_with_same_auto_pad(tmp_path: Path) -> None:
+    """Symmetric SAME padding of an AveragePool (odd total asymmetric padding stays refused by
+    onnx2torch); the padded cells are not counted, as in onnxruntime."""
+    pool = helper.make_node("AveragePool", ["x"], ["y"], auto_pad="SAME_UPPER", kernel_shape=[3, 3])
+    check_against_onnxruntime(write(tmp_path, [pool], X_SHAPE))

@@ -264,6 +264,8 @@ POOLS = {
     "k3s2-ceil": {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1},
     "k2-dilated": {"kernel_shape": [2, 2], "strides": [1, 1], "dilations": [2, 2]},
     "k3x1": {"kernel_shape": [3, 1], "strides": [3, 1]},
+    "k3s2-same-upper": {"kernel_shape": [3, 3], "strides": [2, 2], "auto_pad": "SAME_UPPER"},  # explicit pads at load
+    "k2-same-lower": {"kernel_shape": [2, 2], "auto_pad": "SAME_LOWER"},
 }
 
 
@@ -275,11 +277,8 @@ def test_max_pool_models(tmp_path, case):
 
 
 def test_untranslated_pools_are_refused_by_name(tmp_path):
-    """Not translated yet (onnx2torch has no GlobalMaxPool converter and refuses SAME_* auto_pad):
-    one clear error naming the op, never a traceback."""
-    same = pool_model(tmp_path / "same.onnx", {"kernel_shape": [3, 3], "strides": [2, 2], "auto_pad": "SAME_UPPER"})
-    with pytest.raises(genbab.UnsupportedOpError, match="MaxPool|auto_pad"):
-        genbab.load_model(same)
+    """Not translated yet (onnx2torch has no GlobalMaxPool converter): one clear error naming the
+    op, never a traceback."""
     gmp = pool_model(tmp_path / "gmp.onnx", {}, op_type="GlobalMaxPool")
     with pytest.raises(genbab.UnsupportedOpError, match="GlobalMaxPool"):
         genbab.load_model(gmp)

@@ -3,7 +3,7 @@
 Pipeline: read (gz-aware) -> the graph cache (:mod:`genbab.model.cache`; a hit ends here, with
 neither onnx nor onnx2torch imported) -> fix the input shape -> name nodes -> upgrade opsets
 older than 11 -> unroll LSTM/GRU into primitive ops -> fold constant subgraphs into initializers
-and make empty optional inputs explicit -> check every op has a translator (one error
+and make empty optional inputs and SAME_* auto_pad explicit -> check every op has a translator (one error
 listing all that do not) -> ``onnx2torch.convert`` -> fold constants and shape arithmetic into a
 Graph -> store it in the cache.
 """
@@ -85,7 +85,7 @@ def translate_model(raw: bytes, path: str | Path) -> Model:
 
 def prepare(model: onnx.ModelProto, info: onnx_io.InputInfo) -> tuple[onnx.ModelProto, dict[str, str]]:
     """Static shapes, identifier node names, an opset onnx2torch translates, no recurrent ops,
-    constant subgraphs folded into initializers, empty optional inputs made explicit."""
+    constant subgraphs folded into initializers, empty optional inputs and SAME_* padding made explicit."""
     import onnx
 
     from genbab.model import onnx_io
@@ -100,6 +100,7 @@ def prepare(model: onnx.ModelProto, info: onnx_io.InputInfo) -> tuple[onnx.Model
         model = unroll_recurrent_ops(model)
     model = onnx_io.fold_constants(model, info)
     onnx_io.normalize_optional_inputs(model, info)
+    model = onnx_io.explicit_auto_pad(model, info)
     onnx_io.separate_multi_output_results(model)
     original_names = onnx_io.name_nodes(model)
     check_supported(model, original_names)

@@ -9,7 +9,8 @@ indexes), node names are made unique identifiers, old opsets (< 11) are upgraded
 ``fold_constants`` replaces every tensor computed from constants only (a Conv weight made by
 ``Mul``/``Reshape``/``DequantizeLinear`` of initializers, a Clip bound made by ``Neg``...) by an
 initializer, evaluated by onnxruntime; ``normalize_optional_inputs`` rewrites empty optional
-inputs that the translator misreads into equivalent explicit forms.
+inputs that the translator misreads into equivalent explicit forms; ``explicit_auto_pad`` turns
+``SAME_UPPER``/``SAME_LOWER`` padding of convolutions and pools into explicit ``pads``.
 """
 
 from __future__ import annotations
@@ -295,6 +296,83 @@ def normalize_optional_inputs(model: onnx.ModelProto, info: InputInfo) -> None:
             if numpy_helper.to_array(inits[node.input[1]]).size == 0:
                 del node.input[1:]
     _strip_trailing_empty(graph)
+
+
+AUTO_PAD_OPS = frozenset({"Conv", "MaxPool", "AveragePool"})
+
+
+def explicit_auto_pad(model: onnx.ModelProto, info: InputInfo) -> onnx.ModelProto:
+    """Rewrite ``auto_pad`` ``SAME_UPPER``/``SAME_LOWER`` of ``Conv``, ``MaxPool`` and
+    ``AveragePool`` nodes (which onnx2torch refuses) into explicit ``pads`` and ``NOTSET``.
+
+    Per spatial axis, with input size ``n`` (static: the input shape is fixed, the node's input
+    shape read from an onnxruntime probe run), stride ``s`` and kernel ``k``, the ONNX definition
+    pads ``total = max(0, (ceil(n / s) - 1) s + k - n)``: ``total // 2`` at the beginning and the
+    rest at the end for ``SAME_UPPER``, the other way round for ``SAME_LOWER``. Left as they are
+    (the translator refuses them): dilations other than 1 (the definition's ``(k - 1) d + 1``
+    span, which onnxruntime refuses for Conv and ignores for pools), a pool with ``ceil_mode``
+    whose explicit form would give another output size, a node whose shapes are unknown.
+    Returns ``model`` itself when nothing is rewritten, else a rewritten copy."""
+    def auto_pad(node: onnx.NodeProto) -> str:
+        attr = next((a for a in node.attribute if a.name == "auto_pad"), None)
+        return attr.s.decode() if attr is not None else "NOTSET"
+
+    todo = [i for i, n in enumerate(model.graph.node) if n.domain in ("", "ai.onnx") and n.op_type in AUTO_PAD_OPS
+            and auto_pad(n) in ("SAME_UPPER", "SAME_LOWER")]
+    if not todo:
+        return model
+    shapes = _static_shapes(model, info)
+    out = onnx.ModelProto.FromString(model.SerializeToString())
+    for index in todo:
+        node = out.graph.node[index]
+        pads = _same_pads(node, auto_pad(node), shapes)
+        if pads is None:
+            continue
+        kept = [a for a in node.attribute if a.name not in ("auto_pad", "pads")]
+        del node.attribute[:]
+        node.attribute.extend(kept)
+        node.attribute.append(helper.make_attribute("pads", pads))
+    return out
+
+
+def _static_shapes(model: onnx.ModelProto, info: InputInfo) -> dict[str, tuple[int, ...]]:
+    """Static shapes of the input, the initializers and (from one onnxruntime run) every node output."""
+    shapes = {i.name: tuple(int(d) for d in i.dims) for i in model.graph.initializer}
+    shapes[info.name] = tuple(info.shape)
+    annotated = annotate_shapes_by_running(model, info)
+    if annotated is not model:  # the probe ran: every value_info entry is a static shape
+        for v in annotated.graph.value_info:
+            shapes[v.name] = tuple(int(d.dim_value) for d in v.type.tensor_type.shape.dim)
+    return shapes
+
+
+def _same_pads(node: onnx.NodeProto, mode: str, shapes: dict[str, tuple[int, ...]]) -> list[int] | None:
+    """The explicit ``pads`` (all beginnings, then all ends) of a SAME_* ``node``, or None."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    x = shapes.get(node.input[0])
+    if x is None or len(x) < 3:
+        return None
+    size = x[2:]
+    n = len(size)
+    kernel = attrs.get("kernel_shape")
+    if kernel is None and node.op_type == "Conv" and len(node.input) > 1:
+        w = shapes.get(node.input[1])
+        kernel = None if w is None else w[2:]
+    if kernel is None or len(kernel) != n:
+        return None
+    strides = list(attrs.get("strides") or [1] * n)
+    if any(int(d) != 1 for d in attrs.get("dilations") or ()):
+        return None  # onnxruntime, which replays every witness, refuses (Conv) or misreads (pools) these
+    begin, end = [], []
+    for i in range(n):
+        span = int(kernel[i])
+        total = max(0, (-(-size[i] // strides[i]) - 1) * strides[i] + span - size[i])
+        if attrs.get("ceil_mode", 0) and (size[i] + total - span) % strides[i]:
+            return None  # ceil_mode would add a window that SAME does not have
+        small, large = total // 2, total - total // 2
+        begin.append(small if mode == "SAME_UPPER" else large)
+        end.append(large if mode == "SAME_UPPER" else small)
+    return begin + end
 
 
 def separate_multi_output_results(model: onnx.ModelProto) -> None:
