@@ -167,6 +167,34 @@ def test_softmax_any_axis(tmp_path: Path, op: str, axis: int, opset: int) -> Non
     check_bounds_contain_samples(model, x0 - 0.2, x0 + 0.2)
 
 
+@pytest.mark.parametrize("axis", [1, 2])
+def test_softmax_rows_use_sum_to_one(tmp_path: Path, axis: int) -> None:
+    """Linear functions of softmax outputs (Simplex: coefficients shifted by their group's median):
+    CROWN and alpha-CROWN bounds contain dense samples for random rows, and a row summing one
+    softmax group (``sum_i y_i = 1``) is bounded to 1 within rounding, from both sides."""
+    model = genbab.load_model(softmax_model(tmp_path, "Softmax", axis, 13))
+    x0 = torch.linspace(-1, 1, 12, dtype=torch.float64)
+    lower, upper = x0 - 1.5, x0 + 1.5
+    rng = np.random.default_rng(4)
+    group = np.zeros((3, 4))
+    if axis == 2:
+        group[1, :] = 1.0
+    else:
+        group[:, 2] = 1.0
+    C = torch.from_numpy(np.concatenate([rng.standard_normal((6, 12)), rng.integers(-1, 2, (6, 12)),
+                                         group.reshape(1, 12), -group.reshape(1, 12)]))
+    u = torch.from_numpy(rng.random((20000, 12)))
+    u[:2000] = (u[:2000] > 0.5).double()
+    with torch.no_grad():
+        values = model.forward_flat(lower + u * (upper - lower)).double() @ C.T
+    for method in ("crown", "alpha-crown"):
+        lb, ub = compute_bounds(model, lower, upper, method, C=C, alpha=AlphaConfig(iterations=10))
+        assert bool((lb[0] <= values.min(0).values + 1e-6).all()), method
+        assert bool((ub[0] >= values.max(0).values - 1e-6).all()), method
+        assert abs(float(lb[0, -2]) - 1.0) < 1e-9 and abs(float(ub[0, -2]) - 1.0) < 1e-9, method
+        assert abs(float(lb[0, -1]) + 1.0) < 1e-9, method
+
+
 @needs_benchmarks
 def test_units_self_attention_bounds() -> None:
     """The Marabou self-attention unit model (Softmax over axis 2 of 4) is boundable and sound."""

@@ -15,7 +15,7 @@ import torch
 from genbab.bounds.alpha import AlphaConfig, optimize_rows
 from genbab.bounds.box import Box
 from genbab.bounds.config import EngineConfig
-from genbab.bounds.engine import BoundEngine
+from genbab.bounds.engine import BoundEngine, interval_rows
 
 METHODS = ("ibp", "forward", "crown", "alpha-crown")  # forward: symbolic-interval intermediates, CROWN rows
 
@@ -80,10 +80,7 @@ def compute_bounds(model, lower: torch.Tensor, upper: torch.Tensor, method: str 
     S = C.shape[1]
     if method == "ibp":
         bounds = engine.interval_bounds(box)
-        lo, hi = (b.reshape(box.batch, -1, 1) for b in bounds[engine.graph.output_name])
-        lb = (both.clamp(min=0) @ lo + both.clamp(max=0) @ hi).squeeze(-1)
-        err = rounding.gamma(both.shape[-1] + 2, lb.dtype) * (both.abs() @ rounding.magnitude(lo, hi)).squeeze(-1)
-        lb = rounding.subtract(lb, err)  # the two mat-vecs round; the difference is rounded down
+        lb = interval_rows(both, *bounds[engine.graph.output_name])
     else:
         bounds = engine.intermediate_bounds(box, "forward" if method == "forward" else "crown")
         chunk = row_chunk or rows_per_chunk(engine, box.batch)

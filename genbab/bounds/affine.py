@@ -31,7 +31,7 @@ INCREASING = frozenset({
 # elementwise op over inputs broadcast to its output rounds a few times per element (forward) and
 # its backward sums over each input's broadcast copies. Everything else: any sum over all inputs.
 EXACT_ARITHMETIC = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Dropout",
-                              "Slice", "Concat", "Split", "Neg"})
+                              "Slice", "Concat", "Split", "Neg", "Simplex"})
 ELEMENTWISE_ARITHMETIC = frozenset({"Add", "Sub", "Mul", "Div", "Sum", "Cast", "BatchNormalization"})
 
 
@@ -130,6 +130,8 @@ class AffineMap:
             return d_lo, d_hi
         if self.node.op_type == "Center":
             return center_interval(self.node, self._batched, lows[0], highs[0])
+        if self.node.op_type == "Simplex":  # values in [0, 1]: exact clamps
+            return lows[0].clamp(min=0.0), highs[0].clamp(max=1.0)
         signs = monotone_signs(self.node)
         if signs is not None:
             low_in = [lo if s > 0 else hi for s, lo, hi in zip(signs, lows, highs)]
@@ -342,6 +344,25 @@ def _matmul_const_rule(node, shapes, affine):
         weight_t = weight.T
         return lambda A: [weight_t @ A]
     return None
+
+
+def simplex_backward(A: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Backward step through values ``y`` that sum to 1 over the last axis (``A`` ``[B, S, *shape]``,
+    ``m`` ``[B, 1, *shape]`` a bound of ``|y|``): ``A y = (A - t) y + sum_groups t`` for any ``t``
+    per group; ``t`` = the group's median coefficient, so equal coefficients (a sum of softmax
+    outputs) leave nothing to relax. Returns the coefficients, the bias ``[B, S]`` and a bound of
+    the rounding of both (the subtraction errs by ``u |A - t|`` per element, the sum of ``t``
+    over ``G`` groups by ``gamma_G sum |t|``)."""
+    from genbab.bounds import rounding
+
+    t = A.median(dim=-1, keepdim=True).values
+    shifted = A - t
+    groups = t.reshape(*A.shape[:2], -1)
+    bias = groups.sum(-1)
+    dt = A.dtype
+    err = (rounding.unit_roundoff(dt) * rounding.SAFETY) * (shifted.detach().abs() * m).reshape(*A.shape[:2], -1).sum(-1)
+    err = err + rounding.gamma(groups.shape[-1] + 2, dt) * groups.detach().abs().sum(-1)
+    return shifted, bias, err + rounding.tiny_term(math.prod(A.shape[2:]), dt)
 
 
 def abs_copy(node: Node):

@@ -27,7 +27,7 @@ import time
 
 import torch
 
-from genbab.bounds.affine import AffineMap, monotone_signs, rounding_terms
+from genbab.bounds.affine import AffineMap, monotone_signs, rounding_terms, simplex_backward
 from genbab.bounds.box import Box, concretize_lower
 from genbab.bounds.config import EngineConfig
 from genbab.bounds.kernel_backend import relax_lines
@@ -519,12 +519,21 @@ class BoundEngine:
         return concretize_lower(A_in, bias, box, self.backend)
 
     def bound_rows(self, C: torch.Tensor, box: Box, bounds: Bounds, params: Params | None = None,
-                   record: dict | None = None, extra: Bounds | None = None) -> torch.Tensor:
-        """Lower bounds ``[B, S]`` of ``C y`` for the flat output ``y`` (``C`` ``[B, S, n_out]``)."""
+                   record: dict | None = None, extra: Bounds | None = None, interval: bool = True) -> torch.Tensor:
+        """Lower bounds ``[B, S]`` of ``C y`` for the flat output ``y`` (``C`` ``[B, S, n_out]``):
+        the CROWN bound, and (``interval``, outside gradient computations) at least the bound from
+        the output's own interval in ``bounds``."""
         if not rounding.exact_in(C, self.dtype):  # the objective itself would change
             raise ValueError(f"the property's coefficients are not exact in {self.dtype}: use float64")
-        A = C.to(self.device, self.dtype).reshape(C.shape[0], C.shape[1], *self.graph.output_shape)
-        return self.bound_linear(self.graph.output_name, A, box, bounds, params, record, extra)
+        C = C.to(self.device, self.dtype)
+        A = C.reshape(C.shape[0], C.shape[1], *self.graph.output_shape)
+        lb = self.bound_linear(self.graph.output_name, A, box, bounds, params, record, extra)
+        out = bounds.get(self.graph.output_name)
+        if out is None or not interval or lb.requires_grad:  # an optimised bound keeps its gradient (alpha keeps the best)
+            return lb
+        # the output's own interval can be tighter (softmax in [0, 1] when the linear relaxations
+        # of its exponentials are loose over a wide range); both are sound, keep the larger
+        return torch.maximum(lb, interval_rows(C, *out))
 
     def backward(self, start: str, A: torch.Tensor, bounds: Bounds, params: Params | None = None,
                  record: dict[str, torch.Tensor] | None = None, extra: Bounds | None = None):
@@ -573,7 +582,8 @@ class BoundEngine:
 
     def _zero_bias(self, node: Node) -> bool:
         """An affine node whose constant part is zero adds no bias (and no rounding of one)."""
-        return self.rules[node.name].kind == "affine" and self.affine(node)._const_zero
+        return (self.rules[node.name].kind == "affine" and node.op_type != "Simplex"  # Simplex: the shift's sum
+                and self.affine(node)._const_zero)
 
     def _sum_error(self, name: str, coeff: torch.Tensor, bounds: Bounds) -> torch.Tensor:
         """Rounding bound of the sums that formed ``coeff`` (the value's bounds give ``|z| <= m``)."""
@@ -586,6 +596,10 @@ class BoundEngine:
         ``[B, S]`` of the step's rounding error (:mod:`genbab.bounds.rounding`)."""
         rule = self.rules[node.name]
         if rule.kind == "affine":
+            if node.op_type == "Simplex":  # values that sum to 1: the coefficients are shifted
+                m = rounding.magnitude(*bounds[node.inputs[0]]).unsqueeze(1)
+                coeff, bias, err = simplex_backward(A, m)
+                return [(node.inputs[0], coeff)], bias, err
             affine = self.affine(node)
             coeffs, bias = affine.backward(A)
             backward = self.terms[node.name][1]
@@ -617,3 +631,15 @@ class BoundEngine:
             err = rounding.product_error(A.detach(), rounding.magnitude(lx0, ux0), rounding.magnitude(ly0, uy0),
                                          product.contraction)
         return [(node.inputs[ix], A_x), (node.inputs[iy], A_y)], bias, err
+
+
+def interval_rows(C: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """Lower bounds ``[B, S]`` of ``C y`` when only ``lo <= y <= hi`` (``[B, *shape]``) is known:
+    ``C+ lo + C- hi``, less a bound of the two mat-vecs' rounding error (``C`` ``[B, S, n]``)."""
+    lo, hi = lo.reshape(lo.shape[0], -1, 1), hi.reshape(hi.shape[0], -1, 1)
+    lb = (C.clamp(min=0) @ lo + C.clamp(max=0) @ hi).squeeze(-1)
+    err = rounding.gamma(C.shape[-1] + 2, lb.dtype) * (C.abs() @ rounding.magnitude(lo, hi)).squeeze(-1)
+    # a row picking one value with coefficient +-1 (a bound on a single output) is exact
+    single = ((C != 0).sum(-1) <= 1) & ((C == 0) | (C.abs() == 1)).all(-1)
+    lb = torch.where(single, lb, rounding.subtract(lb, err))
+    return torch.nan_to_num(lb, nan=-math.inf)  # 0 * inf in the mat-vecs: no information

@@ -155,8 +155,12 @@ def widen(lo: torch.Tensor, hi: torch.Tensor, slack: torch.Tensor) -> tuple[torc
 
 
 def subtract(value: torch.Tensor, err: torch.Tensor) -> torch.Tensor:
-    """``value - err`` rounded downward (one ulp below the nearest rounding)."""
-    return torch.nextafter(value - err, _toward(value, -math.inf))
+    """``value - err`` rounded downward: the nearest rounding, moved one ulp down unless it was
+    exact (the rounding error of the difference, by Knuth's two-sum, is zero: ``0 - 0`` stays 0)."""
+    diff = value - err
+    back = diff - value
+    exact = ((value - (diff - back)) + (-err - back) == 0) & torch.isfinite(diff)
+    return torch.where(exact, diff, torch.nextafter(diff, _toward(diff, -math.inf)))
 
 
 def _toward(x: torch.Tensor, target: float) -> torch.Tensor:

@@ -3,7 +3,8 @@
 Each rewrite keeps the function the graph computes (tests compare forward passes):
 
 - ``Softmax`` over the last axis: ``softmax(x)_i = 1 / sum_j exp(x_j - x_i)``, as the affine
-  ``SoftmaxDiff`` (``D[..., i, j] = x_j - x_i``), ``Exp``, ``ReduceSum`` over ``j``, ``Reciprocal``.
+  ``SoftmaxDiff`` (``D[..., i, j] = x_j - x_i``), ``Exp``, ``ReduceSum`` over ``j``, ``Reciprocal``,
+  then ``Simplex`` (the identity, whose bound rule knows the values lie in ``[0, 1]`` and sum to 1).
   No product of two bounded quantities appears, so the relaxation stays tight. ``LogSoftmax``:
   ``log softmax(x)_i = -log sum_j exp(x_j - x_i)`` (``Log`` and ``Neg`` instead of ``Reciprocal``).
   Other axes (opset 13: one axis; opsets 1-11: the axes from ``axis`` on, flattened into one) are
@@ -82,6 +83,12 @@ class Center:
         return x - x.mean(dim=self.axes, keepdim=True)
 
 
+def simplex(x: torch.Tensor) -> torch.Tensor:
+    """The identity, on values known to lie in ``[0, 1]`` and to sum to 1 over the last axis
+    (softmax outputs): the bound rule of the ``Simplex`` node uses both facts."""
+    return x
+
+
 def _unary(name: str, op_type: str, source: str, fn, out_shape, onnx_name: str) -> Node:
     return Node(name, op_type, (source,), (InputRef(0),), {}, fn, tuple(out_shape), {}, onnx_name)
 
@@ -118,7 +125,8 @@ def _softmax_last(out: str, src: str, shape: tuple[int, ...], log: bool, onnx_na
         _unary(f"{out}/sum", "ReduceSum", f"{out}/exp", reduce_last, shape, onnx_name),
     ]
     if not log:
-        return nodes + [_unary(out, "Reciprocal", f"{out}/sum", torch.reciprocal, shape, onnx_name)]
+        return nodes + [_unary(f"{out}/recip", "Reciprocal", f"{out}/sum", torch.reciprocal, shape, onnx_name),
+                        _unary(out, "Simplex", f"{out}/recip", simplex, shape, onnx_name)]
     return nodes + [_unary(f"{out}/log", "Log", f"{out}/sum", torch.log, shape, onnx_name),
                     _unary(out, "Neg", f"{out}/log", torch.neg, shape, onnx_name)]
 
