@@ -300,3 +300,42 @@ def test_constant_output_model_is_decided_on_its_value(tmp_path: Path) -> None:
             assert res.stdout.splitlines()[-2:] == ["2", "3"]  # int64 values as integers
             assert v["Y"].tolist() == [2, 3] and v["X"].shape == (6,)
             assert np.all(v["X"] >= [0, 0, 0, -2, 0, 0]) and np.all(v["X"] <= [1, 1, 1, 2, 1, 1])
+
+
+ISOMORPHIC = HEADER + """(declare-network N1
+    (declare-input X float32 [1])
+    (declare-output Y float32 [1])
+)
+(declare-network N2
+    (isomorphic-to N1) ; (declare-input X9 float64 [1]) in a comment is left alone
+    (declare-input X2 float16 [1])
+    (declare-output Y2 float16 [1])
+)
+(assert (and (>= X[0] 0.0) (<= X[0] 1.0) (>= X2[0] 2.0) (<= X2[0] 3.0)))
+(assert (<= Y2[0] {bound}))
+"""
+
+
+def test_isomorphic_network_with_other_element_types(tmp_path: Path) -> None:
+    """The parser refuses an ``isomorphic-to`` network whose types differ from its model's
+    network; genbab reads it with the types copied over and reports the declared ones."""
+    from genbab.spec.vnnlib2 import load_query, with_isomorphic_types
+
+    f = TensorProto.FLOAT
+    relu = save(make_model([helper.make_node("Relu", ["x"], ["y"])], [helper.make_tensor_value_info("x", f, [1])],
+                           [helper.make_tensor_value_info("y", f, [1])]), tmp_path / "relu.onnx")
+    q = tmp_path / "q.vnnlib"
+    q.write_text(ISOMORPHIC.format(bound="0.5"))
+    text, declared = with_isomorphic_types(q.read_text())
+    assert declared == {"X2": "float16", "Y2": "float16"} and "X9 float64" in text and "float16" not in text
+    query = load_query(q)
+    assert [d.dtype for d in query.networks[1].variables()] == ["float16", "float16"]
+    nets = ["--network", f"N1={relu}", "--network", f"N2={relu}", "--timeout", "20"]
+    res = run_genbab("vnnlib2", "verify", str(q), *nets)
+    assert res.returncode == 0 and res.stdout == "unsat\n", res.stdout + res.stderr  # Y2 = X2 >= 2
+    q.write_text(ISOMORPHIC.format(bound="2.5"))
+    res = run_genbab("vnnlib2", "verify", str(q), *nets)
+    assert res.returncode == 0 and "X2 float16 [1]" in res.stdout.splitlines(), res.stdout + res.stderr
+    assert assignment(res.stdout)["Y2"][0] <= 2.5
+    q.write_text(ISOMORPHIC.format(bound="0.5").replace("(isomorphic-to N1)", ""))
+    assert load_query(q).networks[1].inputs[0].dtype == "float16"  # independent networks keep their types

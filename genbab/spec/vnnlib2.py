@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import gzip
 import math
+import re
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -194,10 +195,86 @@ def declaration(decl) -> Declaration:
     return Declaration(decl.name, DTYPE_NAMES.get(dtype, dtype.lower()), tuple(int(d) for d in decl.shape), onnx_name)
 
 
-def network_decl(net) -> NetworkDecl:
+def network_decl(net, declared: dict[str, str] | None = None) -> NetworkDecl:
+    """The parsed network; ``declared``: element types to report instead of the parsed ones, by
+    variable name (those :func:`with_isomorphic_types` rewrote)."""
     equal_to = getattr(net, "equal_to", "") or None
-    return NetworkDecl(net.name, tuple(map(declaration, net.inputs)), tuple(map(declaration, net.hidden)),
-                       tuple(map(declaration, net.outputs)), equal_to)
+
+    def decls(items) -> tuple[Declaration, ...]:
+        out = [declaration(d) for d in items]
+        return tuple(replace(d, dtype=declared[d.name]) if declared and d.name in declared else d for d in out)
+
+    return NetworkDecl(net.name, decls(net.inputs), decls(net.hidden), decls(net.outputs), equal_to)
+
+
+def is_isomorphic_type_mismatch(err: Exception) -> bool:
+    """Whether the parser refused the query only for element types differing between an
+    ``isomorphic-to`` network and the network it names."""
+    import json
+
+    try:
+        errors = json.loads(str(err))["errors"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    return bool(errors) and all(isinstance(e, dict) and str(e.get("message", "")).startswith("Type mismatch for variable")
+                                and "between networks" in str(e.get("message", "")) for e in errors)
+
+
+_DECLARE_NETWORK = re.compile(r"\(\s*declare-network\s+([^\s()]+)")
+_ISOMORPHIC_TO = re.compile(r"\(\s*isomorphic-to\s+([^\s()]+)\s*\)")
+_DECLARE_VARIABLE = re.compile(r"\(\s*(declare-input|declare-hidden|declare-output)\s+([^\s()]+)\s+([^\s()\[]+)")
+
+
+def with_isomorphic_types(text: str) -> tuple[str, dict[str, str]]:
+    """``text`` with the element type of every input, hidden node and output declared in an
+    ``isomorphic-to`` network replaced by the type of the same-numbered declaration of that kind
+    in the network it names; and ``{variable: declared element type}`` of the replaced ones.
+    Comments and string literals are never rewritten (matching runs on a copy in which they are blanked)."""
+    masked = _blank_comments_and_strings(text)
+    blocks: dict[str, tuple[int, int]] = {}
+    for m in _DECLARE_NETWORK.finditer(masked):
+        blocks.setdefault(m.group(1), (m.start(), _closing_paren(masked, m.start())))
+
+    def variables(name: str) -> list[re.Match]:
+        start, end = blocks[name]
+        return list(_DECLARE_VARIABLE.finditer(masked, start, end))
+
+    edits: list[tuple[int, int, str]] = []
+    declared: dict[str, str] = {}
+    for name, (start, end) in blocks.items():
+        target = _ISOMORPHIC_TO.search(masked, start, end)
+        if target is None or target.group(1) not in blocks or target.group(1) == name:
+            continue
+        theirs = variables(target.group(1))
+        for kind in ("declare-input", "declare-hidden", "declare-output"):
+            mine = [m for m in variables(name) if m.group(1) == kind]
+            model = [m for m in theirs if m.group(1) == kind]
+            for m, other in zip(mine, model):
+                if m.group(3) != other.group(3):
+                    edits.append((m.start(3), m.end(3), other.group(3)))
+                    declared[m.group(2)] = DTYPE_NAMES.get(m.group(3), m.group(3).lower())
+    for start, end, new in sorted(edits, reverse=True):
+        text = text[:start] + new + text[end:]
+    return text, declared
+
+
+def _blank_comments_and_strings(text: str) -> str:
+    """``text`` with ``;`` comments and the insides of ``"..."`` strings replaced by spaces (same offsets)."""
+    return re.sub(r';[^\n]*|"[^"]*"', lambda m: m.group(0)[0] + " " * (len(m.group(0)) - 1)
+                  if m.group(0)[0] == '"' else " " * len(m.group(0)), text)
+
+
+def _closing_paren(text: str, start: int) -> int:
+    """Offset just past the parenthesis that closes the one opened at ``start`` (the end of ``text`` if none)."""
+    depth = 0
+    for i in range(start, len(text)):
+        if text[i] == "(":
+            depth += 1
+        elif text[i] == ")":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+    return len(text)
 
 
 def load_query(path: Path) -> Query:
@@ -210,14 +287,25 @@ def load_query(path: Path) -> Query:
     depth = nesting_depth(text)
     if depth > MAX_DEPTH:
         raise QueryError(f"{Path(path).name}: parentheses nested {depth} deep, more than genbab reads ({MAX_DEPTH})")
+    declared: dict[str, str] = {}
     try:
         query = vnnlib.parse_query_string(text)
     except Exception as err:  # VNNLibException and the binding's own errors
-        raise QueryError(f"{Path(path).name}: {one_line(err)}") from None
+        # The parser wants an ``isomorphic-to`` network's variables to have the element types of
+        # the network it is isomorphic to. genbab verifies in real arithmetic (each model runs in
+        # its own types), so those types do not matter to it: retry with the types copied over,
+        # and report the declared ones (``declared``) in the assignment.
+        if not is_isomorphic_type_mismatch(err):
+            raise QueryError(f"{Path(path).name}: {one_line(err)}") from None
+        text, declared = with_isomorphic_types(text)
+        try:
+            query = vnnlib.parse_query_string(text)
+        except Exception as err:
+            raise QueryError(f"{Path(path).name}: {one_line(err)}") from None
     name = Path(path).name
     if len(query.networks) == 0:
         raise QueryError(f"{name}: the query declares no network")
-    networks = tuple(network_decl(n) for n in query.networks)
+    networks = tuple(network_decl(n, declared) for n in query.networks)
     try:
         check_networks(networks)
         spec, strict, layout = build_cases(query.assertions, networks)
