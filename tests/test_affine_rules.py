@@ -2,7 +2,8 @@
 
 ``Resize`` is monotone (its interval image is the image of the box's corners) only in nearest
 and linear modes; cubic weights are negative at the ends. ``Cast`` is affine only from float to
-float; to an integer type it is a step function and gets no bound rule (so never a proof).
+float; to an integer type it is a step function, never an affine map: the bound graph has it as
+``Trunc`` (:mod:`genbab.ops.step`).
 """
 
 from __future__ import annotations
@@ -76,6 +77,20 @@ def test_cast_to_an_integer_type_has_no_affine_rule(tmp_path: Path) -> None:
         pytest.skip("the integer Cast was folded away by the translation")
     with pytest.raises(UnsupportedOpError, match="step function"):
         rule_for(casts[0])
+
+
+def test_cast_to_integer_is_bounded_as_trunc(tmp_path: Path) -> None:
+    """On [0.1, 0.3], int64(3 x) is 0: the bound graph's Trunc bounds y to [0, 0] exactly."""
+    from genbab.bounds import compute_bounds
+
+    model = load_model(cast_model(tmp_path))
+    for method in ("ibp", "crown", "alpha-crown"):
+        lb, ub = compute_bounds(model, torch.tensor([[0.1]], dtype=torch.float64),
+                                torch.tensor([[0.3]], dtype=torch.float64), method)
+        assert float(lb) == 0.0 and float(ub) == 0.0, method
+        lb, ub = compute_bounds(model, torch.tensor([[0.1]], dtype=torch.float64),
+                                torch.tensor([[1.0]], dtype=torch.float64), method)
+        assert float(lb) == 0.0 and float(ub) == 3.0, method
 
 
 def test_cast_to_integer_never_proves_and_finds_the_counterexample(tmp_path: Path) -> None:

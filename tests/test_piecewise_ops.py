@@ -319,6 +319,44 @@ def test_cast_comparison_model(tmp_path):
     check_model(gemm_model(tmp_path / "cast.onnx", core), {"Greater"}, LOWER3, UPPER3)
 
 
+STEP_CASTS = {
+    "equal-const": ([N("Equal", ["h", "c"], ["b"]), N("Cast", ["b"], ["bf"], to=TensorProto.FLOAT),
+                     N("Mul", ["h", "bf"], ["hb"]), N("Add", ["hb", "g"], ["a"])], {"StepPositive", "StepNonNegative"}),
+    "equal-zero-first": ([N("Equal", ["zero", "s"], ["b"]), N("Cast", ["b"], ["bf"], to=TensorProto.FLOAT),
+                          N("Add", ["h", "bf"], ["a"])], {"StepPositive", "StepNonNegative"}),
+    "cast-bool": ([N("Cast", ["h"], ["b"], to=TensorProto.BOOL), N("Cast", ["b"], ["bf"], to=TensorProto.FLOAT),
+                   N("Mul", ["g", "bf"], ["a"])], {"StepPositive"}),
+    "cast-int64": ([N("Mul", ["h", "k"], ["hk"]), N("Cast", ["hk"], ["t"], to=TensorProto.INT64),
+                    N("Cast", ["t"], ["a"], to=TensorProto.FLOAT)], {"Trunc"}),
+    "cast-int32": ([N("Cast", ["g"], ["t"], to=TensorProto.INT32), N("Cast", ["t"], ["tf"], to=TensorProto.FLOAT),
+                    N("Add", ["tf", "h"], ["a"])], {"Trunc"}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(STEP_CASTS))
+def test_equal_and_step_cast_models(tmp_path, case):
+    """``Equal`` and casts to bool / wide integers: rewritten into steps and ``Trunc``, the bound
+    graph matches onnxruntime and its CROWN bounds contain 10k onnxruntime samples."""
+    from genbab.bounds import engine_for
+
+    core, steps = STEP_CASTS[case]
+    path = gemm_model(tmp_path / f"{case}.onnx", core)
+    check_model(path, set(), LOWER3 * 2, UPPER3 * 2, rewrites=False)
+    ops = {n.op_type for n in engine_for(genbab.load_model(path)).nodes}
+    assert steps <= ops and "Equal" not in ops
+
+
+def test_trunc_interval_and_lines_are_exact_on_flat_stairs():
+    op = STEPS["Trunc"]
+    l, u = torch.tensor([2.1, -3.7, -0.5, 0.0], dtype=F64), torch.tensor([2.4, -3.1, 0.9, 7.5], dtype=F64)
+    lo, hi = op.interval(l, u)
+    assert lo.tolist() == [2.0, -3.0, 0.0, 0.0] and hi.tolist() == [2.0, -3.0, 0.0, 7.0]
+    r = op.relax(l, u)
+    assert r.slope_lower[:3].tolist() == [0.0] * 3 and r.bias_lower[:3].tolist() == [2.0, -3.0, 0.0]
+    assert r.bias_upper[:3].tolist() == [2.0, -3.0, 0.0]
+    assert float(r.slope_lower[3]) == 1.0 and float(r.slope_upper[3]) == 1.0  # a long stair: z -+ 1
+
+
 def test_gather_nd_model(tmp_path):
     core = [N("GatherND", ["h", "gidx"], ["a"])]
     extra = {"gidx": np.array([[0, 1], [0, 3], [0, 1]], np.int64)}
@@ -346,7 +384,8 @@ def test_refusals_name_the_node(tmp_path):
     from genbab.bounds import engine_for
 
     cases = {
-        "equal": [N("Equal", ["h", "c"], ["b"], name="eq_node"), N("Where", ["b", "h", "g"], ["a"])],
+        "cast-int8": [N("Cast", ["h"], ["b"], to=TensorProto.INT8, name="i8_node"),
+                      N("Cast", ["b"], ["a"], to=TensorProto.FLOAT)],
         "scatter-dup": [N("Reshape", ["g", "shape4"], ["gf"]), N("Slice", ["gf", "st", "en"], ["upd"]),
                         N("ScatterND", ["h", "sidx", "upd"], ["a"], name="dup_node")],
     }
@@ -357,8 +396,8 @@ def test_refusals_name_the_node(tmp_path):
         try:
             model = genbab.load_model(path)
         except genbab.UnsupportedOpError as err:  # refused at loading: fine if named
-            assert ("Equal" in str(err)) or ("ScatterND" in str(err))
+            assert ("Cast" in str(err)) or ("ScatterND" in str(err))
             continue
-        with pytest.raises(genbab.UnsupportedOpError, match="Equal|ScatterND") as info:
+        with pytest.raises(genbab.UnsupportedOpError, match="Cast|ScatterND") as info:
             engine_for(model)
-        assert "eq_node" in str(info.value) or "dup_node" in str(info.value)
+        assert "i8_node" in str(info.value) or "dup_node" in str(info.value)

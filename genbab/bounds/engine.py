@@ -636,7 +636,7 @@ class BoundEngine:
 def interval_rows(C: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
     """Lower bounds ``[B, S]`` of ``C y`` when only ``lo <= y <= hi`` (``[B, *shape]``) is known:
     ``C+ lo + C- hi``, less a bound of the two mat-vecs' rounding error (``C`` ``[B, S, n]``)."""
-    lo, hi = lo.reshape(lo.shape[0], -1, 1), hi.reshape(hi.shape[0], -1, 1)
+    lo, hi = (b.reshape(b.shape[0], -1, 1).to(C.dtype) for b in (lo, hi))  # a node may compute in less precision
     lb = (C.clamp(min=0) @ lo + C.clamp(max=0) @ hi).squeeze(-1)
     err = rounding.gamma(C.shape[-1] + 2, lb.dtype) * (C.abs() @ rounding.magnitude(lo, hi)).squeeze(-1)
     # a row picking one value with coefficient +-1 (a bound on a single output) is exact

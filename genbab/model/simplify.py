@@ -241,6 +241,8 @@ def simplify_for_bounds(graph: Graph) -> Graph:
 #   window's real elements instead, which leaves its max unchanged.
 # - ``Greater(a, b)`` / ``GreaterOrEqual``: ``StepPositive(a - b)`` / ``StepNonNegative(a - b)``
 #   (:mod:`genbab.ops.step`, 0/1 floats); ``Less`` / ``LessOrEqual`` with ``b - a``.
+# - ``Equal(a, b)``: ``StepNonNegative(a - b) - StepPositive(a - b)``; ``Cast`` to bool:
+#   ``StepPositive(x) + StepPositive(-x)``; to INT32/INT64: ``Trunc(x)``; to a float type: ``Identity``.
 # - ``Where(cond, a, b)`` with a dependent condition: ``b + cond * (a - b)``.
 
 Operand = "str | torch.Tensor"  # a node name (dependent value) or a constant
@@ -473,8 +475,71 @@ def rewrite_comparison(node: Node, shapes: dict[str, tuple[int, ...]]) -> list[N
             if not c.is_floating_point():
                 raise UnsupportedOpError(f"{node.op_type} node {node.onnx_name!r}: integer comparisons are not supported")
     shape = tuple(node.out_shape)
-    diff = _node(f"{node.name}/diff", "Sub", [a, b], torch.sub, shape, node.onnx_name)
-    return [diff, _node(node.name, step_type, [diff.name], STEPS[step_type].forward, shape, node.onnx_name)]
+    nodes, diff = _difference(node.name, a, b, shape, shapes, node.onnx_name)
+    return nodes + [_node(node.name, step_type, [diff], STEPS[step_type].forward, shape, node.onnx_name)]
+
+
+def _difference(base: str, a, b, shape, shapes: dict, onnx_name: str) -> tuple[list[Node], str]:
+    """``a - b`` as a node ``base/diff``, or ``a`` itself when ``b`` is a zero constant of no larger
+    shape (an exact difference: no rounding widens the switch of a comparison with 0)."""
+    if isinstance(a, str) and not isinstance(b, str) and not bool(b.any()) and tuple(shapes[a]) == tuple(shape):
+        return [], a
+    return [_node(f"{base}/diff", "Sub", [a, b], torch.sub, shape, onnx_name)], f"{base}/diff"
+
+
+def rewrite_equal(node: Node, shapes: dict[str, tuple[int, ...]]) -> list[Node]:
+    """``a == b`` as ``StepNonNegative(a - b) - StepPositive(a - b)`` (1 exactly where ``a - b = 0``)."""
+    from genbab.ops.step import OPS as STEPS
+
+    a, b = _operands(node)[:2]
+    for c in (a, b):
+        if not isinstance(c, str):
+            _finite_constant(node, c)
+            if not c.is_floating_point():
+                raise UnsupportedOpError(f"{node.op_type} node {node.onnx_name!r}: integer comparisons are not supported")
+    base, name, shape = node.name, node.onnx_name, tuple(node.out_shape)
+    if not isinstance(a, str):
+        a, b = b, a
+    nodes, diff = _difference(base, a, b, shape, shapes, name)
+    return nodes + [
+        _node(f"{base}/ge", "StepNonNegative", [diff], STEPS["StepNonNegative"].forward, shape, name),
+        _node(f"{base}/gt", "StepPositive", [diff], STEPS["StepPositive"].forward, shape, name),
+        _node(base, "Sub", [f"{base}/ge", f"{base}/gt"], torch.sub, shape, name)]
+
+
+BOOL = 9
+SIGNED_WIDE_INTS = (6, 7)  # INT32, INT64: a cast truncates toward zero (narrower types would wrap)
+
+
+FLOATS = (1, 10, 11, 16)  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
+
+
+def cast_is_rewritten(node: Node) -> bool:
+    """A ``Cast`` of a dependent value to a float, bool or wide signed integer type."""
+    return node.op_type == "Cast" and int(node.attrs.get("to", 1)) in (*FLOATS, BOOL, *SIGNED_WIDE_INTS)
+
+
+def identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def rewrite_cast(node: Node, shapes: dict[str, tuple[int, ...]]) -> list[Node]:
+    """Cast to a float type: the identity (bounds are of the real-valued function, in the engine's
+    dtype); to bool: ``x != 0`` as ``StepPositive(x) + StepPositive(-x)``; to INT32/INT64:
+    ``Trunc(x)`` (values as floats)."""
+    from genbab.ops.step import OPS as STEPS
+
+    base, name, shape, src = node.name, node.onnx_name, tuple(node.out_shape), node.inputs[0]
+    to = int(node.attrs.get("to", 1))
+    if to in FLOATS:
+        return [_node(base, "Identity", [src], identity, shape, name)]
+    if to != BOOL:
+        return [_node(base, "Trunc", [src], STEPS["Trunc"].forward, shape, name)]
+    positive = STEPS["StepPositive"].forward
+    return [_node(f"{base}/pos", "StepPositive", [src], positive, shape, name),
+            _node(f"{base}/neg", "Neg", [src], torch.neg, shape, name),
+            _node(f"{base}/negpos", "StepPositive", [f"{base}/neg"], positive, shape, name),
+            _node(base, "Add", [f"{base}/pos", f"{base}/negpos"], torch.add, shape, name)]
 
 
 def where_blend(cond: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -506,7 +571,8 @@ def rewrite_where(node: Node, shapes: dict[str, tuple[int, ...]]) -> list[Node]:
 
 NEW_REWRITES = {
     "Max": rewrite_max_min, "Min": rewrite_max_min, "MaxPool": rewrite_max_pool, "GlobalMaxPool": rewrite_max_pool,
-    **{op: rewrite_comparison for op in COMPARISONS}, "Where": rewrite_where,
+    **{op: rewrite_comparison for op in COMPARISONS}, "Where": rewrite_where, "Equal": rewrite_equal,
+    "Cast": rewrite_cast,
 }
 
 
@@ -514,4 +580,6 @@ def needs_rewrite(node: Node) -> bool:
     """Max/Min/pools/comparisons with a dependent input; Where with a dependent condition."""
     if node.op_type == "Where":
         return len(node.args) > 0 and isinstance(node.args[0], InputRef)
+    if node.op_type == "Cast" and not cast_is_rewritten(node):
+        return False
     return node.op_type in NEW_REWRITES and any(isinstance(a, InputRef) for a in node.args)

@@ -1,5 +1,5 @@
 """Steps: the float image of a comparison, ``[z > 0]`` (``StepPositive``) and ``[z >= 0]``
-(``StepNonNegative``), values 0 and 1.
+(``StepNonNegative``), values 0 and 1; and the staircase ``Trunc`` (a cast to an integer type).
 
 :mod:`genbab.model.simplify` rewrites ``Greater(a, b)`` as ``StepPositive(a - b)``,
 ``GreaterOrEqual`` as ``StepNonNegative(a - b)`` and ``Less`` / ``LessOrEqual`` with ``b - a``;
@@ -98,7 +98,36 @@ def make_step(name: str, at_zero: float) -> ElementwiseOp:
                         split_point=0.0))
 
 
+# ----------------------------------------------------------------------------- truncation
+# ``Trunc(z)``: ``z`` rounded toward zero, the value of a float-to-integer ``Cast``. A staircase
+# with infinitely many steps: no split point; nondecreasing, so the interval is
+# ``[trunc(l), trunc(u)]`` exactly. Lines: the constants ``trunc(l)`` / ``trunc(u)`` when they are
+# at most 2 apart (exact where they are equal), else ``z - 1`` / ``z + 1`` (``|trunc(z) - z| < 1``),
+# whose gap is 2 on any box.
+
+
+def interval_trunc(l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+    """Nondecreasing: ``[trunc(l), trunc(u)]`` (exact: integers are representable up to 2^53)."""
+    return torch.trunc(l), torch.trunc(u)
+
+
+def relax_trunc(l: Tensor, u: Tensor, params: Params | None = None) -> Relaxation:
+    """Constant lines on short stairs, slope-1 lines shifted by 1 on long ones (rounded outward)."""
+    lo, hi = interval_trunc(l, u)
+    flat = (hi - lo) <= 2
+    zero, one = torch.zeros_like(l), torch.ones_like(l)
+    # z - 1 and z + 1 round (to nearest) only above 2^53, where trunc(z) = z; the margin covers it
+    margin = torch.finfo(l.dtype).eps * torch.maximum(l.abs(), u.abs())
+    return Relaxation(torch.where(flat, zero, one), torch.where(flat, lo, -1.0 - margin),
+                      torch.where(flat, zero, one), torch.where(flat, hi, 1.0 + margin))
+
+
+TRUNC = ElementwiseOp(name="Trunc", forward=torch.trunc, interval=interval_trunc, relax=relax_trunc,
+                      init_params=lambda l, u: {}, project_params=lambda params, l, u: {},
+                      traits=OpTraits("piecewise_linear", "increasing"))
+
 OPS: dict[str, ElementwiseOp] = {
     "StepPositive": make_step("StepPositive", 0.0),
     "StepNonNegative": make_step("StepNonNegative", 1.0),
+    "Trunc": TRUNC,
 }
