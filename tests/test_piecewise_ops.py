@@ -346,6 +346,20 @@ def test_equal_and_step_cast_models(tmp_path, case):
     assert steps <= ops and "Equal" not in ops
 
 
+def test_pow_with_variable_exponent(tmp_path):
+    """``b ** h`` for positive constant bases (one below 1): ``Exp(h log b)`` in the bound graph,
+    matching onnxruntime, CROWN bounds containing 10k samples; a non-positive base is refused."""
+    from genbab.bounds import engine_for
+
+    bases = {"pb": np.float32([1.5, 0.5, 2.0, 1.0])}
+    path = gemm_model(tmp_path / "pow.onnx", [N("Pow", ["pb", "h"], ["a"])], bases)
+    check_model(path, set(), LOWER3, UPPER3, rewrites=False)
+    assert "Exp" in {n.op_type for n in engine_for(genbab.load_model(path)).nodes}
+    bad = gemm_model(tmp_path / "bad.onnx", [N("Pow", ["pb", "h"], ["a"])], {"pb": np.float32([1.5, -0.5, 2.0, 1.0])})
+    with pytest.raises(genbab.UnsupportedOpError, match="positive constant base"):
+        engine_for(genbab.load_model(bad))
+
+
 def test_trunc_interval_and_lines_are_exact_on_flat_stairs():
     op = STEPS["Trunc"]
     l, u = torch.tensor([2.1, -3.7, -0.5, 0.0], dtype=F64), torch.tensor([2.4, -3.1, 0.9, 7.5], dtype=F64)

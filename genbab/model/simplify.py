@@ -243,6 +243,7 @@ def simplify_for_bounds(graph: Graph) -> Graph:
 #   (:mod:`genbab.ops.step`, 0/1 floats); ``Less`` / ``LessOrEqual`` with ``b - a``.
 # - ``Equal(a, b)``: ``StepNonNegative(a - b) - StepPositive(a - b)``; ``Cast`` to bool:
 #   ``StepPositive(x) + StepPositive(-x)``; to INT32/INT64: ``Trunc(x)``; to a float type: ``Identity``.
+# - ``Pow(b, y)`` with a dependent exponent and a positive constant base: ``Exp(y * log b)``.
 # - ``Where(cond, a, b)`` with a dependent condition: ``b + cond * (a - b)``.
 
 Operand = "str | torch.Tensor"  # a node name (dependent value) or a constant
@@ -542,6 +543,27 @@ def rewrite_cast(node: Node, shapes: dict[str, tuple[int, ...]]) -> list[Node]:
             _node(base, "Add", [f"{base}/pos", f"{base}/negpos"], torch.add, shape, name)]
 
 
+def scale_in_dtype(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """``x * c`` in ``x``'s dtype (a float64 constant does not promote a float32 graph)."""
+    return x * c.to(x.dtype)
+
+
+def rewrite_pow_exponent(node: Node, shapes: dict[str, tuple[int, ...]]) -> list[Node]:
+    """``b ** y`` for a dependent exponent ``y`` and a positive constant base ``b``:
+    ``exp(y * log b)`` (an affine ``Mul`` by the constant ``log b``, then ``Exp``)."""
+    base_value, exponent = node.args[0], node.args[1]
+    if isinstance(base_value, InputRef) or not isinstance(exponent, InputRef):
+        raise UnsupportedOpError(f"Pow node {node.onnx_name!r}: a variable base with a variable exponent is not "
+                                 "supported (only a positive constant base)")
+    base_value = torch.as_tensor(base_value, dtype=torch.float64)
+    if not bool((base_value > 0).all() and torch.isfinite(base_value).all()):
+        raise UnsupportedOpError(f"Pow node {node.onnx_name!r}: a variable exponent needs a positive constant base")
+    name, shape, src = node.name, tuple(node.out_shape), node.inputs[exponent.index]
+    scaled_shape = tuple(torch.broadcast_shapes(tuple(shapes[src]), tuple(base_value.shape)))
+    return [_node(f"{name}/scaled", "Mul", [src, torch.log(base_value)], scale_in_dtype, scaled_shape, node.onnx_name),
+            _node(name, "Exp", [f"{name}/scaled"], torch.exp, shape, node.onnx_name)]
+
+
 def where_blend(cond: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``b + cond * (a - b)`` for a 0/1 ``cond``: the Where of a rewritten comparison."""
     return b + cond * (a - b)
@@ -572,7 +594,7 @@ def rewrite_where(node: Node, shapes: dict[str, tuple[int, ...]]) -> list[Node]:
 NEW_REWRITES = {
     "Max": rewrite_max_min, "Min": rewrite_max_min, "MaxPool": rewrite_max_pool, "GlobalMaxPool": rewrite_max_pool,
     **{op: rewrite_comparison for op in COMPARISONS}, "Where": rewrite_where, "Equal": rewrite_equal,
-    "Cast": rewrite_cast,
+    "Cast": rewrite_cast, "Pow": rewrite_pow_exponent,
 }
 
 
@@ -582,4 +604,6 @@ def needs_rewrite(node: Node) -> bool:
         return len(node.args) > 0 and isinstance(node.args[0], InputRef)
     if node.op_type == "Cast" and not cast_is_rewritten(node):
         return False
+    if node.op_type == "Pow":  # the exponent (position 1) depends on the input
+        return len(node.args) > 1 and isinstance(node.args[1], InputRef)
     return node.op_type in NEW_REWRITES and any(isinstance(a, InputRef) for a in node.args)
