@@ -1,7 +1,8 @@
 """The Python entry point: ``genbab.verify(model, spec, timeout=...)``.
 
 Order of work: load (paths or already loaded objects), check that the property's variables
-match the model, falsify briefly (sampling + PGD, every candidate replayed on onnxruntime),
+match the model (a property that leaves an input unbounded gets the attack alone: ``sat`` or
+``unknown``), falsify briefly (sampling + PGD, every candidate replayed on onnxruntime),
 bound every case with alpha-CROWN (``unsat`` when all are proved), branch and bound on the rest
 (its worst domains attacked along the way), then falsify the open cases
 until the deadline (``sat`` or ``timeout``).
@@ -86,6 +87,10 @@ def verify(model: Model | str | Path, spec: Spec | str | Path, timeout: float = 
     model.to(device)
     replayer = Replayer(model, spec)
     report = None if progress is None else (lambda s: progress("attack", s, deadline - time.monotonic()))
+    if bool(spec.unbounded().any()):  # no bound is sound on an infinite range: the attack alone
+        stats["reason"] = f"input {unbounded_name(model, spec)} is unbounded: only an attack was run"
+        witness = attack_unbounded(model, spec, replayer, deadline, attack, seed, device, stats, report)
+        return Result("sat" if witness is not None else "unknown", witness, time.monotonic() - start, stats)
     first = Attacker(model, spec, replayer, attack, seed=seed, device=device)
     witness = first.run(min(deadline, time.monotonic() + first_attack_budget(timeout)), report, stall_rounds=5)
     stats["attack"] = attack_stats(first)
@@ -117,6 +122,35 @@ def verify(model: Model | str | Path, spec: Spec | str | Path, timeout: float = 
 
 
 DOMAIN_ATTACK_STEPS = 10  # PGD steps from each bound minimiser of a worst domain
+UNBOUNDED_WIDTHS = (1.0, 10.0, 100.0, 1e3, 1e4)  # half-widths of the ranges drawn for unbounded inputs
+
+
+def attack_unbounded(model: Model, spec: Spec, replayer: Replayer, deadline: float, attack: AttackConfig,
+                     seed: int, device, stats: dict, report) -> Witness | None:
+    """The attack on a property whose boxes leave some input unbounded: on :meth:`Spec.finite`
+    boxes (such an input within ``w`` of 0, or of its one finite bound) for ``w`` in
+    :data:`UNBOUNDED_WIDTHS`, each width until the attack stalls or its equal share of the time
+    left; every candidate is replayed against the exact (unbounded) property."""
+    runs = []
+    witness = None
+    for k, width in enumerate(UNBOUNDED_WIDTHS):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        attacker = Attacker(model, spec.finite(width), replayer, attack, seed=seed + k, device=device)
+        witness = attacker.run(time.monotonic() + left / (len(UNBOUNDED_WIDTHS) - k), report, stall_rounds=5)
+        runs.append({"half_width": width, **attack_stats(attacker)})
+        if witness is not None:
+            break
+    stats["attack_unbounded"] = runs
+    return witness
+
+
+def unbounded_name(model: Model, spec: Spec) -> str:
+    """``X_i (model input [a,b,...])`` for the first input element without a lower or upper bound."""
+    i = int(torch.nonzero(spec.unbounded().any(dim=0)).flatten()[0])
+    index = [int(v) for v in torch.unravel_index(torch.tensor(i), tuple(model.onnx_input_shape))]
+    return f"X_{i} (model input [{','.join(map(str, index))}])"
 
 
 def translation_agrees(model: Model, spec: Spec, seed: int, stats: dict, engine_config=None) -> bool:

@@ -55,6 +55,9 @@ def decide(err: ConstantOutputError, spec: Spec, started: float) -> Result:
                         f"(output shape {list(err.value.shape)})")
     if spec.n_cases == 0:
         return Result("unsat", None, time.monotonic() - started, {**stats, "reason": "the unsafe input set is empty"})
+    # an input left unbounded is taken within 1 of 0 (or of its one finite bound): the output is
+    # the same everywhere, and the probes and the witness need finite points of the box
+    spec = spec.finite(1.0)
     model = OnnxModel(err.onnx_bytes, err.input_name, err.onnx_input_shape, np.dtype(err.np_dtype), err.source)
     replayer = Replayer(model, spec)
     status, witness, info = _verdict(replayer, spec)

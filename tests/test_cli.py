@@ -201,3 +201,32 @@ def test_bench_bad_instance_list_exits_2(tmp_path: Path, content: str | None) ->
     assert proc.returncode == 2
     assert_one_line(proc)
     assert proc.stderr.startswith("error:")
+
+
+def test_unbounded_input_gets_the_attack_alone(tmp_path: Path) -> None:
+    """An input the property leaves unbounded may take any value: a witness is searched on growing
+    finite ranges (here it needs X_1 >= 49) and checked on the exact property; there is never a
+    proof (``unknown``, with the reason in the JSON report)."""
+    from onnx import TensorProto, helper, save
+
+    graph = helper.make_graph([helper.make_node("ReduceSum", ["x"], ["y"], keepdims=1)], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    save(model, str(tmp_path / "sum.onnx"))  # y = x0 + x1
+    spec, res, js = tmp_path / "p.vnnlib", tmp_path / "r.txt", tmp_path / "r.json"
+    head = "(declare-const X_0 Real)\n(declare-const X_1 Real)\n(declare-const Y_0 Real)\n"
+    spec.write_text(head + "(assert (>= X_0 0))\n(assert (<= X_0 1))\n(assert (>= X_1 0))\n(assert (>= Y_0 50))\n")
+    proc = run_cli("verify", str(tmp_path / "sum.onnx"), str(spec), "--timeout", "30", "--results-file", str(res),
+                   "--json", str(js))
+    assert proc.returncode == 0 and proc.stdout.startswith("sat"), proc.stdout + proc.stderr
+    w = parse_witness(res.read_text())
+    assert 0 <= w["X_0"] <= 1 and w["X_1"] >= 0 and w["Y_0"] >= 50
+    assert json.loads(js.read_text())["stats"]["reason"] == "input X_1 (model input [0,1]) is unbounded: only an attack was run"
+    spec.write_text(head + "(assert (>= X_0 0))\n(assert (<= X_0 1))\n(assert (>= X_1 0))\n(assert (<= Y_0 -1))\n")
+    proc = run_cli("verify", str(tmp_path / "sum.onnx"), str(spec), "--timeout", "30", "--json", str(js))
+    report = json.loads(js.read_text())
+    assert proc.returncode == 0 and proc.stdout.startswith("unknown"), proc.stdout + proc.stderr
+    assert report["status"] == "unknown" and "X_1 (model input [0,1]) is unbounded" in report["stats"]["reason"]
+    assert "bounds" not in report["stats"] and len(report["stats"]["attack_unbounded"]) == 5

@@ -344,12 +344,33 @@ def test_errors_for_empty_files(text: str, fragment: str):
     assert fragment in parse_error(text)
 
 
-def test_unbounded_input_names_the_variable():
+def test_unbounded_input_gets_infinite_bounds():
+    """An input without a lower or upper bound may take any value there (genbab then only attacks)."""
+    inf = float("inf")
     text = decls(2, 1) + "(assert (>= X_0 0)) (assert (<= X_0 1)) (assert (>= X_1 0))"
-    assert "X_1 has no finite upper bound" in parse_error(text)
+    assert_spec(parse_vnnlib_text(text), [[0, 0]], [[1, inf]], [[[0]]], [[1]])
     text = decls(2, 1) + box([(0, 1)]) + "(assert (or (<= X_1 1) (>= X_1 0)))"
-    assert "X_1 has no finite lower bound (in case 0" in parse_error(text)
-    assert "X_1 has no finite" in parse_error(decls(3, 1) + box([(0, 1)]))
+    assert_spec(parse_vnnlib_text(text), [[0, -inf], [0, 0]], [[1, 1], [1, inf]], [[[0]], [[0]]], [[1], [1]])
+    spec = parse_vnnlib_text(decls(3, 1) + box([(0, 1)]))
+    assert spec.unbounded().tolist() == [[False, True, True]]
+    finite = spec.finite(2.0)  # within 2 of 0, or of the one finite bound; inside the box
+    assert finite.lower.tolist() == [[0, -2, -2]] and finite.upper.tolist() == [[1, 2, 2]]
+    text = decls(2, 1) + "(assert (>= X_0 5)) (assert (<= X_1 -3))"
+    assert_spec(parse_vnnlib_text(text).finite(2.0), [[5, -5]], [[7, -3]], [[[0]]], [[1]])
+
+
+def test_unbounded_input_in_a_vnnlib2_query(tmp_path: Path):
+    from genbab.spec.vnnlib2 import load_query
+
+    q = tmp_path / "q.vnnlib"
+    q.write_text("""(vnnlib-version <2.0>)
+(declare-network N (declare-input X float32 [1,2,2]) (declare-output Y float32 [1]))
+(assert (and (>= X[0,1,1] 5.0) (<= X[0,1,1] 6.0) (>= X[0,0,1] 0.0)))
+(assert (>= Y[0] 5.0))""")
+    query = load_query(q)
+    inf = float("inf")
+    assert query.spec.lower.tolist() == [[-inf, 0, -inf, 5]] and query.spec.upper.tolist() == [[inf, inf, inf, 6]]
+    assert query.unbounded_input() == "X[0,0,0]"
 
 
 def test_file_errors(tmp_path: Path):

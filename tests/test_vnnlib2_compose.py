@@ -339,3 +339,27 @@ def test_isomorphic_network_with_other_element_types(tmp_path: Path) -> None:
     assert assignment(res.stdout)["Y2"][0] <= 2.5
     q.write_text(ISOMORPHIC.format(bound="0.5").replace("(isomorphic-to N1)", ""))
     assert load_query(q).networks[1].inputs[0].dtype == "float16"  # independent networks keep their types
+
+
+def test_unbounded_inputs_sat_by_attack_or_unknown(tmp_path: Path) -> None:
+    """Elements the query does not bound take any value: ``sat`` from an attack on finite ranges
+    (the witness checked on the exact query), else ``unknown`` with the reason on stderr."""
+    f = TensorProto.FLOAT
+    pool = make_model([helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1)],
+                      [helper.make_tensor_value_info("x", f, [1, 1, 3, 3])],
+                      [helper.make_tensor_value_info("y", f, [1, 1, 2, 2])])
+    m = save(pool, tmp_path / "pool.onnx")
+    q = tmp_path / "q.vnnlib"
+    query = HEADER + """(declare-network N (declare-input X float32 [1,1,3,3]) (declare-output Y float32 [1,1,2,2]))
+(assert (and (>= X[0,0,2,2] 5.0) (<= X[0,0,2,2] 6.0)))
+(assert {goal})
+"""
+    q.write_text(query.format(goal="(and (>= Y[0,0,1,1] 5.0) (<= Y[0,0,0,0] -20.0))"))  # Y[1,1] = X[2,2]
+    res = run_genbab("vnnlib2", "verify", str(q), "--network", f"N={m}", "--timeout", "20")
+    assert res.returncode == 0, res.stdout + res.stderr
+    v = assignment(res.stdout)
+    assert 5 <= v["X"][8] <= 6 and v["Y"][3] == v["X"][8] and v["Y"][0] == v["X"][[0, 1, 3, 4]].max() <= -20
+    q.write_text(query.format(goal="(<= Y[0,0,1,1] 4.0)"))
+    res = run_genbab("vnnlib2", "verify", str(q), "--network", f"N={m}", "--timeout", "20")
+    assert res.returncode == 0 and res.stdout == "unknown\n", res.stdout + res.stderr
+    assert "input X[0,0,0,0] is unbounded: only an attack was run" in res.stderr

@@ -221,6 +221,15 @@ def run_simple(query, model_path: Path, deadline: float, seed: int) -> str:
         lines = ["sat", query.input.header(), *value_lines(query.input, w.x),
                  query.output.header(), *value_lines(query.output, w.y)]
         return "\n".join(lines) + "\n"
+    return no_witness_answer(query, result)
+
+
+def no_witness_answer(query, result) -> str:
+    """The answer line of a result without a witness; ``unknown`` for a query that leaves an input
+    unbounded (genbab then only attacks) says so on stderr."""
+    name = query.unbounded_input() if result.status == "unknown" else None
+    if name is not None:
+        print(f"note: input {name} is unbounded: only an attack was run", file=sys.stderr)
     return {"unsat": "unsat\n", "timeout": "timed-out\n"}.get(result.status, "unknown\n")
 
 
@@ -264,7 +273,7 @@ def run_composed(query, networks: dict[str, Path], deadline: float, seed: int) -
             for decl in net.variables():
                 lines += [decl.header(), *value_lines(decl, values[decl.name].reshape(-1))]
         return "\n".join(lines) + "\n"
-    return {"unsat": "unsat\n", "timeout": "timed-out\n"}.get(result.status, "unknown\n")
+    return no_witness_answer(query, result)
 
 
 if __name__ == "__main__":  # run by path from vnncomp/vnnlib2_solver: `supports` answers without importing torch

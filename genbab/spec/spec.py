@@ -3,7 +3,9 @@
 A VNN-LIB property describes an *unsafe* set. After parsing it is a disjunction of cases;
 case ``i`` is the set of inputs ``x`` with ``lower[i] <= x <= upper[i]`` (elementwise, over the
 flattened input) whose output ``y = f(x)`` (flattened) satisfies every row of ``C[i] y <= d[i]``.
-The property is *violated* (``sat``) iff some case has such an ``x``.
+The property is *violated* (``sat``) iff some case has such an ``x``. A bound may be infinite
+(an input the property leaves unconstrained): no bound propagation runs on such a box, only the
+attack, on finite boxes inside it (:meth:`Spec.finite`).
 
 Cases have different numbers of rows; they are padded to the largest count with rows
 ``0 . y <= 1``, which every output satisfies with margin ``-1 < 0``, so padding never changes
@@ -61,6 +63,19 @@ class Spec:
         if C.dim() == 2:
             return (y @ C.T - d).amax(dim=-1)
         return (torch.einsum("brn,bn->br", C, y) - d).amax(dim=-1)
+
+    def unbounded(self) -> torch.Tensor:
+        """``[n_cases, n_inputs]``: which input elements have an infinite bound in which case."""
+        return torch.isinf(self.lower) | torch.isinf(self.upper)
+
+    def finite(self, width: float) -> "Spec":
+        """The property with every infinite input bound made finite, each box a subset of its own:
+        an element ranges over ``width`` either side of 0, or ``width`` beyond its one finite bound
+        when 0 lies outside its range."""
+        anchor = torch.clamp(torch.zeros_like(self.lower), self.lower, self.upper)
+        lower = torch.where(torch.isinf(self.lower), anchor - width, self.lower)
+        upper = torch.where(torch.isinf(self.upper), anchor + width, self.upper)
+        return Spec(lower, upper, self.C, self.d)
 
     def subset(self, cases: torch.Tensor) -> "Spec":
         """The property restricted to the given case indices (a disjunction of fewer cases)."""

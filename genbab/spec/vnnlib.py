@@ -14,7 +14,8 @@ Supported (the VNN-LIB subset used by VNN-COMP):
   (a counterexample found on the boundary must be re-checked by the caller).
 
 The formula is converted to disjunctive normal form. In each disjunct, constraints over X alone
-must be bounds on a single input (they form the input box); constraints over Y alone become rows
+must be bounds on a single input (they form the input box; an input without a lower or upper
+bound gets ``-inf`` or ``inf``, on which genbab only attacks); constraints over Y alone become rows
 of ``C y <= d``; constant constraints are evaluated. Everything else (``not``, ``=>``, ``ite``,
 nonlinear terms, several inputs in one constraint, inputs mixed with outputs) raises
 :class:`~genbab.errors.SpecError` with one line ``file:line: message``.
@@ -757,16 +758,6 @@ def _boxes(t: _Tables, case_of: np.ndarray, atoms: np.ndarray, n_cases: int,
     return lower, upper
 
 
-def _check_finite(lower: np.ndarray, upper: np.ndarray, name: str) -> None:
-    """Raise naming the first input that lacks a finite lower or upper bound in some case."""
-    for bound, what in ((lower, "lower"), (upper, "upper")):
-        bad = ~np.isfinite(bound)
-        if bad.any():
-            case, var = np.argwhere(bad)[0]
-            raise SpecError(f"{name}: input X_{var} has no finite {what} bound"
-                            f" (in case {case} of the property)")
-
-
 def _case_rows(t: _Tables, common_rows: np.ndarray, case_of: np.ndarray, atoms: np.ndarray,
                n_cases: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Deduplicated (case, slot, row id) triples: common rows first, then each case's rows."""
@@ -835,8 +826,7 @@ def _build_spec(parser: _Parser, run_piece: np.ndarray, formula: Conj | _Dnf, n_
     _check_size(len(cases) * n_inputs, f"input boxes ({len(cases)} cases x {n_inputs} inputs)", parser.name)
     case_of, atoms, false = t.expand(cases)
     lower, upper = _boxes(t, case_of, atoms, len(cases), (base_lo[0], base_up[0]))
-    keep = ~false & (lower <= upper).all(axis=1)
-    _check_finite(lower[keep], upper[keep], parser.name)
+    keep = ~false & (lower <= upper).all(axis=1)  # an input left without a bound keeps -inf / inf
     common_rows = t.idx[com_atoms[t.kind[com_atoms] == _ROW]]
     C, d = _output_rows(t, parser.store.row_ids, n_outputs, common_rows, keep, case_of, atoms, parser.name)
     return Spec(lower=torch.from_numpy(np.ascontiguousarray(lower[keep])),

@@ -12,8 +12,8 @@ input ``X_all`` and one flat output ``Y_all`` (:class:`Layout`), which
   when a comparison constrains several input elements (or inputs and outputs together), a copy
   of ``X_all``, so that every such comparison is one row of ``C y <= d``.
 
-Comparisons that bound a single input element form the input box of a disjunct; every input
-element needs both bounds. All assertions are ANDed; the formula is put in disjunctive normal form
+Comparisons that bound a single input element form the input box of a disjunct; an element
+without a lower or upper bound gets ``-inf`` or ``inf`` (genbab then only attacks). All assertions are ANDed; the formula is put in disjunctive normal form
 from each assertion's ``to_dnf()`` and every disjunct becomes one genbab case. Strict comparisons
 are read as non-strict in ``Query.spec`` (sound for proofs); which ones are strict is kept, and a
 witness is reported only after :func:`witness_satisfies` checked it against the exact query.
@@ -128,6 +128,11 @@ class Query:
         net = self.networks[0]
         return (len(self.networks) == 1 and len(net.inputs) == 1 and len(net.outputs) == 1 and not net.hidden
                 and not self.layout.copies_input and self.layout.n_slots == net.inputs[0].size)
+
+    def unbounded_input(self) -> str | None:
+        """``X[0,1]``-style name of the first input element without a lower or upper bound in some case."""
+        slots = torch.nonzero(self.spec.unbounded().any(dim=0)).flatten()
+        return slot_names(self.layout, self.networks)[int(slots[0])] if len(slots) else None
 
     def model_networks(self) -> list[str]:
         """The networks that need a model of their own (``equal-to`` ones reuse another's)."""
@@ -364,8 +369,7 @@ def build_cases(assertions, networks: tuple[NetworkDecl, ...]) -> tuple[Spec, St
     copies = any(needs_copy(a) for conj in translated for a in conj)
     layout = Layout(layout.slots, layout.offsets, layout.n_slots, layout.n_values, copies)
     n_in, n_out = layout.n_slots, layout.n_outputs
-    names = slot_names(layout, networks)
-    cases = [c for c in (to_case(conj, n_in, n_out, layout.n_values, names) for conj in translated) if c is not None]
+    cases = [c for c in (to_case(conj, n_in, n_out, layout.n_values) for conj in translated) if c is not None]
     return (*stack_cases(cases, n_in, n_out), layout)
 
 
@@ -493,11 +497,12 @@ def needs_copy(atom: Atom) -> bool:
     return "X" in tags and len(tags) > 1
 
 
-def to_case(conj: list[Atom], n_in: int, n_out: int, copy_offset: int, slot_names: list[str] | None = None):
+def to_case(conj: list[Atom], n_in: int, n_out: int, copy_offset: int):
     """``(lower, upper, strict_lower, strict_upper, rows)`` of one conjunction, or None when it is empty.
 
-    A single-element input atom bounds the box; any other atom is a row over ``Y_all``, its input
-    terms read from the copy of ``X_all`` at ``copy_offset``."""
+    A single-element input atom bounds the box (an element no atom bounds keeps ``-inf``/``inf``);
+    any other atom is a row over ``Y_all``, its input terms read from the copy of ``X_all`` at
+    ``copy_offset``."""
     lower = torch.full((n_in,), -math.inf, dtype=torch.float64)
     upper = torch.full((n_in,), math.inf, dtype=torch.float64)
     strict_lower = torch.zeros(n_in, dtype=torch.bool)
@@ -522,11 +527,6 @@ def to_case(conj: list[Atom], n_in: int, n_out: int, copy_offset: int, slot_name
             rows.append((row, bound, strict))
     if torch.any(lower > upper) or torch.any((lower == upper) & (strict_lower | strict_upper)):
         return None
-    unbounded = torch.nonzero(~torch.isfinite(lower) | ~torch.isfinite(upper)).flatten()
-    if len(unbounded):
-        i = int(unbounded[0])
-        shown = f"input element {i} (flat index)" if slot_names is None else f"input {slot_names[i]}"
-        raise QueryError(f"{shown} has no lower or upper bound")
     return lower, upper, strict_lower, strict_upper, rows
 
 
