@@ -84,3 +84,52 @@ def test_replayer_refuses_boxes_without_a_float32_point(tmp_path) -> None:
                     "(assert (>= Y_0 -1000))\n")
     spec = genbab.load_spec(path)
     assert Replayer(model, spec).confirm(np.array([0.1, 0.0]), 0) is None
+
+
+def sign_window_model(tmp_path, n: int = 6):
+    """``y = sum_i (sign(x_i - 0.5) - sign(x_i - 0.7))`` on ``[-1, 1]^n``: piecewise constant,
+    ``y = 2n`` only when every ``x_i`` lies in ``(0.5, 0.7)`` (a 1e-6 share of the box, no corner)."""
+    from onnx import TensorProto, helper, numpy_helper
+    import onnx
+
+    nodes = [helper.make_node("Sub", ["x", "a"], ["s1"]), helper.make_node("Sign", ["s1"], ["h1"]),
+             helper.make_node("Sub", ["x", "b"], ["s2"]), helper.make_node("Sign", ["s2"], ["h2"]),
+             helper.make_node("Sub", ["h1", "h2"], ["h"]), helper.make_node("MatMul", ["h", "w"], ["y"])]
+    inits = [numpy_helper.from_array(np.full((1, n), v, np.float32), k) for k, v in (("a", 0.5), ("b", 0.7))]
+    inits.append(numpy_helper.from_array(np.ones((n, 1), np.float32), "w"))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, n])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = tmp_path / "sign.onnx"
+    onnx.save(model, str(path))
+    spec = tmp_path / "p.vnnlib"
+    spec.write_text("".join(f"(declare-const X_{i} Real)\n(assert (>= X_{i} -1))\n(assert (<= X_{i} 1))\n"
+                            for i in range(n)) + f"(declare-const Y_0 Real)\n(assert (>= Y_0 {2 * n - 0.5}))\n")
+    return path, spec
+
+
+def test_piecewise_constant_network_is_falsified_without_gradients(tmp_path) -> None:
+    """The gradient is zero almost everywhere and no corner violates: PGD keeps its random starts
+    (1e-6 hit rate); the gradient-free search walks each coordinate into the window."""
+    path, spec_path = sign_window_model(tmp_path)
+    result = genbab.verify(str(path), str(spec_path), timeout=30, bounds=False)
+    assert result.status == "sat", result.stats
+    independent_replay(genbab.load_model(path), genbab.load_spec(spec_path), result.witness)
+    assert np.all((result.witness.x > 0.5) & (result.witness.x < 0.7))
+
+
+def test_search_on_onnxruntime_alone(tmp_path) -> None:
+    """The search run on onnxruntime margins (no translated model) finds the same witness."""
+    import time
+
+    from genbab.attack.search import SearchAttack, onnxruntime_margins
+    from genbab.attack.witness import Replayer
+
+    path, spec_path = sign_window_model(tmp_path, n=4)
+    model, spec = genbab.load_model(path), genbab.load_spec(spec_path)
+    replayer = Replayer(model, spec)
+    search = SearchAttack(onnxruntime_margins(replayer), spec, replayer, batch=64)
+    witness = search.run(time.monotonic() + 30)
+    assert witness is not None and search.best_margin <= 0
+    independent_replay(model, spec, witness)

@@ -1,4 +1,5 @@
-"""Falsification: random sampling, then projected gradient descent with many random restarts.
+"""Falsification: random sampling, then projected gradient descent with many random restarts
+(and, where the gradient vanishes, a gradient-free search: :mod:`genbab.attack.search`).
 
 For case ``k`` of the spec (box ``[l_k, u_k]``, unsafe set ``C_k y <= d_k``) we minimise the
 margin ``m_k(x) = max_j (C_k f(x) - d_k)_j`` over the box; ``m_k(x) <= 0`` is a counterexample.
@@ -62,6 +63,9 @@ class Attacker:
         self.stats = AttackStats()
         self.batch = self._batch_size()
         self.start = time.monotonic()
+        self.seed = seed
+        self.flat = 0.0  # share of the last round's starts with a zero gradient
+        self.search = None  # the gradient-free search, made when the gradients vanish
 
     def _batch_size(self) -> int:
         """Points per batch so that activations and gradients stay within the budget."""
@@ -84,6 +88,8 @@ class Attacker:
         while witness is None and time.monotonic() < deadline:
             before = self.stats.best_margin
             witness = self._pgd_round(deadline)
+            if witness is None and self.flat >= 0.5:  # piecewise constant here: search without gradients
+                witness = self._search_round(deadline)
             self.stats.rounds += 1
             if on_progress is not None:
                 on_progress(self.stats)
@@ -135,6 +141,21 @@ class Attacker:
         self.stats.points += n
         return self.descend(x, case, self.lower[case], self.upper[case], deadline, self.config.steps)
 
+    def _search_round(self, deadline: float) -> Witness | None:
+        """One round of :class:`~genbab.attack.search.SearchAttack` on the translated model."""
+        from genbab.attack.search import SearchAttack, torch_margins
+
+        if self.search is None:
+            self.search = SearchAttack(torch_margins(self.model, self.spec), self.spec, self.replayer,
+                                       seed=self.seed, batch=min(self.batch, 512))
+        before = self.search.points
+        witness = self.search.run(deadline, max_rounds=self.search.rounds + 1)
+        self.stats.points += self.search.points - before
+        if self.search.best_margin < self.stats.best_margin:
+            self.stats.best_margin = self.search.best_margin
+            self.stats.history.append((time.monotonic() - self.start, self.search.best_margin))
+        return witness
+
     def descend(self, x: torch.Tensor, case: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, deadline: float,
                 steps: int) -> Witness | None:
         """``steps`` signed-gradient steps on the margins of ``case`` from ``x`` ``[b, n_in]``, each
@@ -149,6 +170,8 @@ class Attacker:
             x.requires_grad_(True)
             m = self.margin(x, case)
             grad = self._gradient(m, x)
+            if step == 0:
+                self.flat = float((grad.abs().amax(dim=1) == 0).double().mean()) if len(grad) else 0.0
             witness = self._check(x.detach(), m.detach(), case)
             if witness is not None:
                 return witness
