@@ -102,8 +102,13 @@ def verify(model: Model | str | Path, spec: Spec | str | Path, timeout: float = 
     if bounds:
         # input splitting bounds sub-boxes by the thousand: its time beats tightening the root's bounds
         splits_inputs = bab and free_inputs(spec) <= bab_config.input_split_max_dims
-        open_cases, root_bounds = run_bounds(model, spec, deadline, alpha, stats, progress, engine_config,
-                                             tighten=not (splits_inputs and bab_config.input_skip_tightening))
+        if bab and shared_frontier(spec, bab_config):  # many boxes: their roots are the search's first pass
+            open_cases, root_bounds = torch.arange(spec.n_cases), None
+            stats["bounds"] = {"skipped": f"{box_count(spec)} input boxes, split by their inputs: one branch and "
+                                          "bound over all of them bounds the boxes in its first pass"}
+        else:
+            open_cases, root_bounds = run_bounds(model, spec, deadline, alpha, stats, progress, engine_config,
+                                                 tighten=not (splits_inputs and bab_config.input_skip_tightening))
         if len(open_cases) and bab and "error" not in stats["bounds"]:
             reserve = max(1.0, 0.1 * (deadline - time.monotonic()))
             open_cases, witness = run_bab(model, spec, open_cases, deadline - reserve, bab_config, stats, progress,
@@ -240,6 +245,8 @@ def run_bab(model: Model, spec: Spec, open_cases: torch.Tensor, deadline: float,
     engine = engine_for(model, engine_config)
     attacker = Attacker(model, spec, Replayer(model, spec), attack, device=engine.device)
     S = spec.C.shape[1]
+    if len(groups) > 1 and shared_frontier(spec, config):
+        return run_bab_boxes(engine, spec, groups, deadline, config, stats, progress, attacker, started)
     while groups and time.monotonic() < deadline:
         group = groups[0]
         first = group[0]
@@ -275,6 +282,72 @@ def run_bab(model: Model, spec: Spec, open_cases: torch.Tensor, deadline: float,
     remaining = [c for g in groups for c in g]
     stats["bab"] = {"cases": reports, "proved_cases": sum(len(r["cases"]) for r in reports if r["status"] == "unsat"),
                     "time_s": round(time.monotonic() - started, 3), "visited": sum(r.get("visited", 0) for r in reports),
+                    "domain_attack": {"steps": attacker.stats.steps, "replays": attacker.replayer.replays}}
+    return torch.tensor(remaining, dtype=torch.int64), witness
+
+
+def shared_frontier(spec: Spec, config: BabConfig) -> bool:
+    """Several input boxes, each split by its inputs: one branch-and-bound search over them all
+    (``BabConfig.shared_frontier``; the cases of each box bounded jointly)."""
+    return (config.shared_frontier and config.joint_cases and free_inputs(spec) <= config.input_split_max_dims
+            and int(box_count(spec)) > 1)
+
+
+def box_count(spec: Spec) -> int:
+    from genbab.prove import group_by_box
+
+    return int(group_by_box(spec)[1].max()) + 1 if spec.n_cases else 0
+
+
+def run_bab_boxes(engine, spec: Spec, groups: list[list[int]], deadline: float, config: BabConfig, stats: dict,
+                  progress: ProgressCallback | None, attacker: Attacker, started: float
+                  ) -> tuple[torch.Tensor, Witness | None]:
+    """One search over every box's open cases (:class:`~genbab.bab.loop.BranchAndBound` with
+    groups): each group is a box with its cases' rows, padded to the same case count with
+    cases no point is in (rows ``0 . y <= -1``, proved by any bound). Returns the cases of the
+    boxes left open and the witness a domain attack confirmed, if any."""
+    from genbab.bab.loop import BranchAndBound
+
+    S, K = spec.C.shape[1], max(len(g) for g in groups)
+    G = len(groups)
+    padded = [g + [-1] * (K - len(g)) for g in groups]
+    index = torch.tensor(padded, dtype=torch.int64)  # [G, K]
+    real = (index >= 0).unsqueeze(-1)  # [G, K, 1]
+    C = torch.where(real.unsqueeze(-1), spec.C[index.clamp(min=0)], 0.0).reshape(G, K * S, -1)
+    d = torch.where(real, spec.d[index.clamp(min=0)], -1.0).reshape(G, K * S)
+    first = torch.tensor([g[0] for g in groups])
+    row_to_case = torch.where(index >= 0, index, first.unsqueeze(1)).repeat_interleave(S, dim=1).reshape(-1)
+
+    def domain_attack(x, rows, lo, hi, until):
+        return attacker.descend(x, row_to_case.to(x.device)[rows.to("cpu")].to(x.device), lo, hi, until,
+                                DOMAIN_ATTACK_STEPS)
+
+    def on_progress(result):
+        if progress is not None:
+            _, worst, n_open = result.history[-1]
+            progress("bab", BabProgress(groups[0][0], result.visited, n_open, worst, result.max_depth),
+                     deadline - time.monotonic())
+
+    witness, remaining = None, [c for g in groups for c in g]
+    try:
+        bab = BranchAndBound(engine, spec.lower[first], spec.upper[first], C, d, config, None, domain_attack,
+                             on_progress, row_case=torch.arange(K).repeat_interleave(S))
+        result = bab.run(deadline)
+        report = {"boxes": G, "cases": remaining, "status": result.status, "visited": result.visited,
+                  "open": result.open, "max_depth": result.max_depth, "batch": result.batch,
+                  "history": result.history[-25:]}
+        if result.status == "sat":
+            witness = result.witness
+        elif result.status == "unsat":
+            remaining = []
+        else:
+            remaining = [c for g in bab.open_groups() for c in groups[g]]
+        report["open_boxes"] = len(bab.open_groups()) if result.status != "unsat" else 0
+    except (RuntimeError, ValueError) as err:  # no proof from the search; the attack goes on
+        report = {"boxes": G, "cases": remaining, "status": "error", "error": f"{type(err).__name__}: {err}"}
+    stats["bab"] = {"cases": [report], "shared_frontier": True,
+                    "proved_cases": spec.n_cases - len(remaining) if report["status"] != "error" else 0,
+                    "time_s": round(time.monotonic() - started, 3), "visited": report.get("visited", 0),
                     "domain_attack": {"steps": attacker.stats.steps, "replays": attacker.replayer.replays}}
     return torch.tensor(remaining, dtype=torch.int64), witness
 

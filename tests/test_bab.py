@@ -258,3 +258,82 @@ def test_clipping_of_several_cases_keeps_the_hull_of_their_boxes() -> None:
     one = BranchAndBound(engine_for(model), *BOX, C_Y2, torch.zeros(1, dtype=torch.float64), BabConfig())
     (lo1, hi1), _ = one.clip(lower, upper, A[:, :1], rows[:, :1], rows[:, :1])
     assert float(hi1[0, 0]) < -0.49  # one case alone: clipped to x0 <= -0.5
+
+
+QUADRANTS = [((-1.0, -1.0), (0.0, 0.0)), ((0.0, -1.0), (1.0, 0.0)), ((-1.0, 0.0), (0.0, 1.0)), ((0.0, 0.0), (1.0, 1.0))]
+
+
+def quadrant_spec(model: genbab.Model, false_quadrant: int | None = None) -> genbab.Spec:
+    """Cases over the four quadrants of BOX: two per quadrant (``y2 <= a``, ``y1 <= b``, provable:
+    halfway between alpha-CROWN's bound over BOX and the sampled minimum), one in quadrant 2
+    (uneven groups); in ``false_quadrant`` the ``y1`` case's floor sits above that quadrant's
+    sampled minimum (a false case)."""
+    y1 = torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)
+    floors = (gap_floor(model, C_Y2[0], 0.5), gap_floor(model, y1, 0.5))
+    lowers, uppers, Cs, ds = [], [], [], []
+    for q, (lo, hi) in enumerate(QUADRANTS):
+        for k, row in enumerate((C_Y2[0], y1)):
+            if q == 2 and k == 1:
+                continue
+            floor = floors[k]
+            if q == false_quadrant and k == 1:
+                xs = torch.tensor(lo) + torch.rand(50_000, 2, generator=torch.Generator().manual_seed(3),
+                                                  dtype=torch.float64) * (torch.tensor(hi) - torch.tensor(lo))
+                with torch.no_grad():
+                    floor = float((model.forward_flat(xs.float()).double() @ row).min()) + 0.01
+            lowers.append(torch.tensor(lo, dtype=torch.float64))
+            uppers.append(torch.tensor(hi, dtype=torch.float64))
+            Cs.append(torch.stack([row, torch.zeros(3, dtype=torch.float64)]))
+            ds.append(torch.tensor([floor, 1.0], dtype=torch.float64))
+    return genbab.Spec(torch.stack(lowers), torch.stack(uppers), torch.stack(Cs), torch.stack(ds))
+
+
+def test_cases_of_several_boxes_are_proved_in_one_search() -> None:
+    """Seven true cases over four boxes: one search (one report over 4 boxes) proves all; per box
+    (``shared_frontier=False``), four searches do."""
+    from genbab.api import run_bab
+
+    model = toy()
+    spec = quadrant_spec(model)
+    stats: dict = {}
+    remaining, witness = run_bab(model, spec, torch.arange(7), time.monotonic() + 60, BabConfig(), stats, None)
+    assert witness is None and len(remaining) == 0
+    assert stats["bab"]["shared_frontier"] and stats["bab"]["cases"][0]["boxes"] == 4
+    assert stats["bab"]["proved_cases"] == 7
+    per_box: dict = {}
+    remaining, _ = run_bab(model, spec, torch.arange(7), time.monotonic() + 60, BabConfig(shared_frontier=False),
+                           per_box, None)
+    assert len(remaining) == 0 and len(per_box["bab"]["cases"]) == 4
+    result = genbab.verify(model, spec, timeout=60)
+    assert result.status == "unsat" and "skipped" in result.stats["bounds"]
+
+
+def test_a_false_case_in_one_of_several_boxes_is_never_proved() -> None:
+    """Quadrant 1's ``y1`` case is false: without an attack the shared search never answers
+    ``unsat`` and leaves that box open; with the domain attack it ends with a witness of that
+    case that replays on onnxruntime inside quadrant 1."""
+    from genbab.api import run_bab
+
+    model = toy()
+    spec = quadrant_spec(model, false_quadrant=1)
+    engine = engine_for(model)
+    groups = [[0, 1], [2, 3], [4], [5, 6]]
+    K, S = 2, spec.C.shape[1]
+    C = torch.zeros(4, K * S, 3, dtype=torch.float64)
+    d = -torch.ones(4, K * S, dtype=torch.float64)
+    for g, cases in enumerate(groups):
+        for k, case in enumerate(cases):
+            C[g, k * S:(k + 1) * S], d[g, k * S:(k + 1) * S] = spec.C[case], spec.d[case]
+    first = torch.tensor([g[0] for g in groups])
+    bab = BranchAndBound(engine, spec.lower[first], spec.upper[first], C, d, BabConfig(),
+                         row_case=torch.arange(K).repeat_interleave(S))
+    assert bab.run(time.monotonic() + 5).status != "unsat"
+    assert 1 in bab.open_groups()
+    stats: dict = {}
+    remaining, witness = run_bab(model, spec, torch.arange(7), time.monotonic() + 30, BabConfig(), stats, None)
+    assert witness is not None and witness.case == 3 and 3 in remaining.tolist()
+    x = np.asarray(witness.x, dtype=np.float64)
+    assert np.all(x >= np.array(QUADRANTS[1][0])) and np.all(x <= np.array(QUADRANTS[1][1]))
+    session = ort.InferenceSession(model.onnx_bytes, providers=["CPUExecutionProvider"])
+    y = session.run(None, {model.input_name: x.reshape(model.onnx_input_shape).astype(model.np_dtype)})[0]
+    assert float(np.asarray(y, dtype=np.float64).reshape(-1)[1]) < float(spec.d[3, 0])

@@ -38,8 +38,9 @@ class DomainAttacker:
         return self.spent <= self.share * (time.monotonic() - self.start)
 
     def __call__(self, lb: torch.Tensor, A: torch.Tensor | None, lower: torch.Tensor, upper: torch.Tensor,
-                 deadline: float):
-        """A witness from the open domains (``lb <= 0``) of one bounded batch, or None."""
+                 deadline: float, row_offset: torch.Tensor | None = None):
+        """A witness from the open domains (``lb <= 0``) of one bounded batch, or None; a point's
+        row is ``row_offset`` of its domain (``[D]``, several boxes in one search) plus its row."""
         if A is None or not self.due():
             return None
         open_ = torch.nonzero(~(lb > 0)).flatten()
@@ -53,6 +54,8 @@ class DomainAttacker:
         hi = upper[pick].unsqueeze(1).expand(k, S, n).reshape(k * S, n)
         try:
             rows = torch.arange(S, device=x.device).repeat(k)
+            if row_offset is not None:
+                rows = rows + row_offset[pick].repeat_interleave(S).to(rows.device)
             return self.attack(x.reshape(k * S, n), rows, lo, hi, deadline)
         finally:
             self.spent += time.monotonic() - t0

@@ -64,6 +64,7 @@ class BabConfig:
     input_skip_tightening: bool = True  # input splits ahead: no tightening rounds at the root (api.verify)
     input_threads: int = 0  # torch threads during input-split passes (wide batches gain from every core); 0: as set
     joint_cases: bool = True  # the open cases of one input box in one search (api.run_bab); False: case by case
+    shared_frontier: bool = True  # input splits over several boxes: one search for all (api.run_bab_boxes)
     input_lookahead: bool = False  # input splits: bound both halves along every dimension to choose
     input_widest_every: int = 0  # input splits: every this many levels split the relatively widest dimension
     branching: str = "bbps"  # "bbps" | "babsr" (activation splits)
@@ -85,22 +86,38 @@ class BabResult:
 class BranchAndBound:
     """Proves ``min_{x in box} max_{j in rows(k)} (C f(x) - d)_j > 0`` for every case ``k`` by
     splitting nonlinearity inputs (or the input box); ``C`` ``[S, n_out]``, ``d`` ``[S]``,
-    ``row_case`` ``[S]`` the case of each row (all 0 when None)."""
+    ``row_case`` ``[S]`` the case of each row (all 0 when None).
+
+    Several input boxes in one search (one frontier, shared batches): ``lower``/``upper``
+    ``[G, n]``, ``C`` ``[G, S, n_out]``, ``d`` ``[G, S]``, the same ``row_case`` in every group.
+    Each root domain is one box; a domain's rows are its group's. Only by input splitting (the
+    root's intermediate bounds of one box would not hold in another)."""
 
     def __init__(self, engine: BoundEngine, lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor,
                  d: torch.Tensor, config: BabConfig = BabConfig(), root_bounds=None,
                  attack: DomainAttack | None = None, on_progress=None, row_case: torch.Tensor | None = None):
         self.engine, self.config = engine, config
-        self.lower = rounding.to_dtype_down(lower.to(engine.device), engine.dtype)  # outward: no point is lost
-        self.upper = rounding.to_dtype_up(upper.to(engine.device), engine.dtype)
-        self.C, self.d = C.to(engine.device, engine.dtype), rounding.to_dtype_up(d.to(engine.device), engine.dtype)
+        self.groups = lower.shape[0] if lower.dim() == 2 else 0
+        self.group_lower = rounding.to_dtype_down(lower.to(engine.device), engine.dtype)  # outward: no point is lost
+        self.group_upper = rounding.to_dtype_up(upper.to(engine.device), engine.dtype)
+        self.group_C = C.to(engine.device, engine.dtype)
+        self.group_d = rounding.to_dtype_up(d.to(engine.device), engine.dtype)
+        if self.groups:  # the hull, for what reads one box (input scale, experimental split choices)
+            self.lower, self.upper = self.group_lower.amin(dim=0), self.group_upper.amax(dim=0)
+            self.C, self.d = self.group_C[0], self.group_d[0]
+        else:
+            self.lower, self.upper, self.C, self.d = self.group_lower, self.group_upper, self.group_C, self.group_d
         if row_case is None:
-            row_case = torch.zeros(C.shape[0], dtype=torch.int64)
+            row_case = torch.zeros(self.C.shape[0], dtype=torch.int64)
         self.row_case = row_case.to(engine.device, torch.int64)
         self.case_rows = [torch.nonzero(self.row_case == k).flatten() for k in range(int(row_case.max()) + 1)]
         self.input = engine.graph.input_name
-        free = int((self.upper > self.lower).sum())  # coordinates of positive width: what splitting shrinks
+        # coordinates of positive width: what splitting shrinks (the most of any box)
+        free = int((self.group_upper > self.group_lower).reshape(max(1, self.groups), -1).sum(dim=1).max())
         self.input_mode = free <= config.input_split_max_dims
+        if self.groups and not self.input_mode:
+            raise ValueError("a search over several input boxes splits the input: each box may have at most "
+                             f"{config.input_split_max_dims} free coordinates")
         if self.input_mode:
             self.candidates = [self.input]
         else:
@@ -115,7 +132,7 @@ class BranchAndBound:
         self.alpha = AlphaConfig(iterations=iterations, lr=0.2, stop_when_positive=True)
         itemsize = torch.empty((), dtype=engine.dtype).element_size()
         maximum = config.input_batch_size if self.input_mode else config.batch_size
-        self.batch = fitting_batch(maximum, pass_bytes_per_domain(engine.shapes, C.shape[0], itemsize),
+        self.batch = fitting_batch(maximum, pass_bytes_per_domain(engine.shapes, self.C.shape[0], itemsize),
                                    free_bytes(engine.device))
         self.on_progress = on_progress  # called with the BabResult after every batch
         self.domain_attack = DomainAttacker(attack) if attack is not None else None
@@ -124,7 +141,10 @@ class BranchAndBound:
     def bound(self, domains: DomainBatch, deadline: float) -> DomainBatch:
         """Bound every domain (one batched pass) and choose each one's next split."""
         D = len(domains)
-        lower, upper = self.lower.expand(D, -1), self.upper.expand(D, -1)
+        if self.groups:
+            lower, upper = self.group_lower[domains.group], self.group_upper[domains.group]
+        else:
+            lower, upper = self.lower.expand(D, -1), self.upper.expand(D, -1)
         if self.input in domains.lower:  # input splits shrink the box itself
             lower = torch.maximum(lower, domains.lower[self.input].reshape(D, -1))
             upper = torch.minimum(upper, domains.upper[self.input].reshape(D, -1))
@@ -147,7 +167,10 @@ class BranchAndBound:
                     self.shortcuts = root_shortcuts(self.engine, self.candidates, root_box, self.root_bounds,
                                                     deadline)
         record: dict[str, torch.Tensor] = {}
-        C, d = self.C.expand(D, -1, -1), self.d.expand(D, -1)
+        if self.groups:
+            C, d = self.group_C[domains.group], self.group_d[domains.group]
+        else:
+            C, d = self.C.expand(D, -1, -1), self.d.expand(D, -1)
         warm = None if self.input_mode else domains.params
         rows = optimize_rows(self.engine, C, box, bounds, self.alpha, offset=d, deadline=deadline, record=record,
                              splits=splits, warm=warm)
@@ -160,7 +183,8 @@ class BranchAndBound:
         lb = torch.maximum(lb.to(torch.float64), domains.lb)  # a child lies inside its parent
         lb = torch.where(empty, torch.full_like(lb, torch.inf), lb)
         if self.domain_attack is not None:
-            self.witness = self.domain_attack(lb, record.get(self.input), lower, upper, deadline)
+            offset = None if domains.group is None else domains.group * self.C.shape[0]
+            self.witness = self.domain_attack(lb, record.get(self.input), lower, upper, deadline, offset)
         lower_d, upper_d = domains.lower, domains.upper
         if self.input_mode and self.input in record:  # shrink each box to where a counterexample may be
             clipped, none = self.clip(lower, upper, record[self.input], record["rows"], case_lb)
@@ -181,7 +205,8 @@ class BranchAndBound:
                 lo_c, hi_c = (b.reshape(D, -1)[open_] for b in (lower_d[self.input], upper_d[self.input]))
                 index[open_], point[open_] = self.lookahead_split(lo_c, hi_c, index[open_], deadline)
         params = {} if self.input_mode else record.get("warm", {})
-        return DomainBatch(lower_d, upper_d, lb.to(torch.float64), domains.depth, node, index, point, params)
+        return DomainBatch(lower_d, upper_d, lb.to(torch.float64), domains.depth, node, index, point, params,
+                           domains.group)
 
     def worst_case(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per domain the bound of each case (its best row's) ``[D, K]`` and the index of the best
@@ -271,7 +296,7 @@ class BranchAndBound:
     def _search(self, deadline: float) -> BabResult:
         result = BabResult("timeout")
         shapes = {c: self.engine.shapes[c] for c in self.candidates}
-        to_bound = root_domains(shapes, self.engine.dtype, self.engine.device)
+        to_bound = root_domains(shapes, self.engine.dtype, self.engine.device, self.groups)
         open_domains = to_bound.select(slice(0, 0))
         self._max_depth = torch.zeros((), dtype=torch.float64, device=self.engine.device)
         try:
@@ -353,6 +378,13 @@ class BranchAndBound:
         result.history.append((round(time.monotonic() - self.start, 3), worst, len(open_domains)))
         if self.on_progress is not None:
             self.on_progress(result)
+
+    def open_groups(self) -> list[int]:
+        """After :meth:`run`, the groups (input boxes) with a domain still open, ascending."""
+        domains = getattr(self, "open_domains", None)
+        if domains is None or domains.group is None:
+            return []
+        return torch.unique(domains.group).tolist()
 
     def _finish(self, result: BabResult, status: str, open_domains: DomainBatch) -> BabResult:
         result.status, result.open, result.batch = status, len(open_domains), self.batch
