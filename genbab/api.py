@@ -21,7 +21,7 @@ from genbab.attack.pgd import AttackConfig, Attacker, AttackStats
 from genbab.attack.witness import Replayer, Witness
 from genbab.bab.loop import BabConfig
 from genbab.bounds.alpha import AlphaConfig
-from genbab.errors import SpecError, UnsupportedOpError
+from genbab.errors import ModelError, SpecError, UnsupportedOpError
 from genbab.model.graph import ConstantOutputError
 from genbab.model.loading import load_model
 from genbab.model.model import Model
@@ -74,6 +74,16 @@ def verify(model: Model | str | Path, spec: Spec | str | Path, timeout: float = 
         from genbab.constant_output import decide
 
         return decide(err, load_spec(spec) if isinstance(spec, (str, Path)) else spec, start)
+    except (UnsupportedOpError, ModelError) as err:  # untranslatable: the attack alone, on onnxruntime
+        from genbab.attack.untranslated import attack_untranslated
+
+        if not isinstance(model, (str, Path)):
+            raise
+        fallback = attack_untranslated(model, load_spec(spec) if isinstance(spec, (str, Path)) else spec, err,
+                                       start, deadline, seed)
+        if fallback is None:
+            raise
+        return fallback
     spec = load_spec(spec) if isinstance(spec, (str, Path)) else spec
     check_dimensions(model, spec)
     stats: dict = {"load_s": round(time.monotonic() - start, 4), "n_cases": spec.n_cases,

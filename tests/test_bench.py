@@ -43,11 +43,13 @@ SMALL_PROPERTY = """(declare-const X_0 Real)
 
 
 def unsupported_model(path: Path) -> None:
-    """A 2-in/2-out model made of one ``Hardmax`` node, an operator genbab does not translate."""
+    """A 2-in/2-out model made of one node of a custom domain: neither genbab nor onnxruntime
+    runs it (a model only onnxruntime runs gets the attack alone: tests/test_falsification.py)."""
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])
-    graph = helper.make_graph([helper.make_node("Hardmax", ["x"], ["y"])], "g", [x], [y])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    graph = helper.make_graph([helper.make_node("Hardmax", ["x"], ["y"], domain="com.example")], "g", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                      helper.make_opsetid("com.example", 1)]), path)
 
 
 def quiet_console() -> Console:

@@ -133,3 +133,40 @@ def test_search_on_onnxruntime_alone(tmp_path) -> None:
     witness = search.run(time.monotonic() + 30)
     assert witness is not None and search.best_margin <= 0
     independent_replay(model, spec, witness)
+
+
+def untranslatable_model(tmp_path, threshold: float):
+    """``y = sum_i ThresholdedRelu(x_i)`` (no converter translates ThresholdedRelu; onnxruntime runs
+    it) on ``[0, 2]^4`` with the unsafe set ``y >= threshold`` (max ``y`` = 8)."""
+    from onnx import TensorProto, helper, numpy_helper
+    import onnx
+
+    nodes = [helper.make_node("ThresholdedRelu", ["x"], ["h"], alpha=1.0), helper.make_node("MatMul", ["h", "w"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])],
+                              [numpy_helper.from_array(np.ones((4, 1), np.float32), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = tmp_path / "thresholded.onnx"
+    onnx.save(model, str(path))
+    spec = tmp_path / f"p{threshold}.vnnlib"
+    spec.write_text("".join(f"(declare-const X_{i} Real)\n(assert (>= X_{i} 0))\n(assert (<= X_{i} 2))\n" for i in range(4))
+                    + f"(declare-const Y_0 Real)\n(assert (>= Y_0 {threshold}))\n")
+    return path, spec
+
+
+def test_untranslatable_model_gets_the_onnxruntime_attack(tmp_path) -> None:
+    """A model no converter translates: ``sat`` from the search on onnxruntime (witness replayed
+    independently), and ``unknown`` (never ``unsat``) naming the op when nothing violates."""
+    path, spec = untranslatable_model(tmp_path, 7.9)
+    with pytest.raises(genbab.UnsupportedOpError):
+        genbab.load_model(path)
+    result = genbab.verify(str(path), str(spec), timeout=20)
+    assert result.status == "sat", result.stats
+    x = np.asarray(result.witness.x, dtype=np.float32)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    y = float(sess.run(None, {"x": x.reshape(1, 4)})[0].reshape(-1)[0])
+    assert np.all(x >= 0) and np.all(x <= 2) and y >= 7.9
+    path, spec = untranslatable_model(tmp_path, 9.0)
+    result = genbab.verify(str(path), str(spec), timeout=2)
+    assert result.status == "unknown" and "ThresholdedRelu" in result.stats["reason"]
