@@ -330,6 +330,9 @@ STEP_CASTS = {
                     N("Cast", ["t"], ["a"], to=TensorProto.FLOAT)], {"Trunc"}),
     "cast-int32": ([N("Cast", ["g"], ["t"], to=TensorProto.INT32), N("Cast", ["t"], ["tf"], to=TensorProto.FLOAT),
                     N("Add", ["tf", "h"], ["a"])], {"Trunc"}),
+    "floor": ([N("Mul", ["h", "k"], ["hk"]), N("Floor", ["hk"], ["a"])], {"Floor"}),
+    "ceil": ([N("Mul", ["h", "k"], ["hk"]), N("Ceil", ["hk"], ["a"])], {"Ceil"}),
+    "round": ([N("Mul", ["h", "k"], ["hk"]), N("Round", ["hk"], ["r"]), N("Add", ["r", "g"], ["a"])], {"Round"}),
 }
 
 

@@ -1,5 +1,6 @@
 """Steps: the float image of a comparison, ``[z > 0]`` (``StepPositive``) and ``[z >= 0]``
-(``StepNonNegative``), values 0 and 1; and the staircase ``Trunc`` (a cast to an integer type).
+(``StepNonNegative``), values 0 and 1; and the staircases ``Trunc`` (a cast to an integer type),
+``Floor``, ``Ceil`` and ``Round``.
 
 :mod:`genbab.model.simplify` rewrites ``Greater(a, b)`` as ``StepPositive(a - b)``,
 ``GreaterOrEqual`` as ``StepNonNegative(a - b)`` and ``Less`` / ``LessOrEqual`` with ``b - a``;
@@ -98,36 +99,42 @@ def make_step(name: str, at_zero: float) -> ElementwiseOp:
                         split_point=0.0))
 
 
-# ----------------------------------------------------------------------------- truncation
-# ``Trunc(z)``: ``z`` rounded toward zero, the value of a float-to-integer ``Cast``. A staircase
-# with infinitely many steps: no split point; nondecreasing, so the interval is
-# ``[trunc(l), trunc(u)]`` exactly. Lines: the constants ``trunc(l)`` / ``trunc(u)`` when they are
-# at most 2 apart (exact where they are equal), else ``z - 1`` / ``z + 1`` (``|trunc(z) - z| < 1``),
-# whose gap is 2 on any box.
+# ----------------------------------------------------------------------------- staircases
+# ``Trunc`` (a float-to-integer ``Cast``: toward zero), ``Floor``, ``Ceil``, ``Round`` (half to
+# even): staircases with infinitely many steps, so no split point. Each is nondecreasing, so the
+# interval is ``[f(l), f(u)]`` exactly, and stays within ``z - below <= f(z) <= z + above``
+# (Trunc 1, 1; Floor 1, 0; Ceil 0, 1; Round 1/2, 1/2). Lines: the constants ``f(l)`` / ``f(u)``
+# when they are at most ``below + above`` apart (exact where they are equal), else that band.
 
 
-def interval_trunc(l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
-    """Nondecreasing: ``[trunc(l), trunc(u)]`` (exact: integers are representable up to 2^53)."""
-    return torch.trunc(l), torch.trunc(u)
+def interval_staircase(fn, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+    """Nondecreasing: ``[f(l), f(u)]`` (exact: integers are representable up to 2^53)."""
+    return fn(l), fn(u)
 
 
-def relax_trunc(l: Tensor, u: Tensor, params: Params | None = None) -> Relaxation:
-    """Constant lines on short stairs, slope-1 lines shifted by 1 on long ones (rounded outward)."""
-    lo, hi = interval_trunc(l, u)
-    flat = (hi - lo) <= 2
+def relax_staircase(fn, below: float, above: float, l: Tensor, u: Tensor, params: Params | None = None) -> Relaxation:
+    """Constant lines on short stairs, the slope-1 band ``[z - below, z + above]`` on long ones."""
+    lo, hi = fn(l), fn(u)
+    flat = (hi - lo) <= below + above
     zero, one = torch.zeros_like(l), torch.ones_like(l)
-    # z - 1 and z + 1 round (to nearest) only above 2^53, where trunc(z) = z; the margin covers it
+    # z - below and z + above round (to nearest) only far above 2^53, where f(z) = z; the margin covers it
     margin = torch.finfo(l.dtype).eps * torch.maximum(l.abs(), u.abs())
-    return Relaxation(torch.where(flat, zero, one), torch.where(flat, lo, -1.0 - margin),
-                      torch.where(flat, zero, one), torch.where(flat, hi, 1.0 + margin))
+    return Relaxation(torch.where(flat, zero, one), torch.where(flat, lo, -below - margin),
+                      torch.where(flat, zero, one), torch.where(flat, hi, above + margin))
 
 
-TRUNC = ElementwiseOp(name="Trunc", forward=torch.trunc, interval=interval_trunc, relax=relax_trunc,
-                      init_params=lambda l, u: {}, project_params=lambda params, l, u: {},
-                      traits=OpTraits("piecewise_linear", "increasing"))
+def make_staircase(name: str, fn, below: float, above: float) -> ElementwiseOp:
+    return ElementwiseOp(name=name, forward=fn, interval=partial(interval_staircase, fn),
+                         relax=partial(relax_staircase, fn, below, above),
+                         init_params=lambda l, u: {}, project_params=lambda params, l, u: {},
+                         traits=OpTraits("piecewise_linear", "increasing"))
+
 
 OPS: dict[str, ElementwiseOp] = {
     "StepPositive": make_step("StepPositive", 0.0),
     "StepNonNegative": make_step("StepNonNegative", 1.0),
-    "Trunc": TRUNC,
+    "Trunc": make_staircase("Trunc", torch.trunc, 1.0, 1.0),
+    "Floor": make_staircase("Floor", torch.floor, 1.0, 0.0),
+    "Ceil": make_staircase("Ceil", torch.ceil, 0.0, 1.0),
+    "Round": make_staircase("Round", torch.round, 0.5, 0.5),
 }
