@@ -119,6 +119,34 @@ class ThreadsType(click.ParamType):
         return n
 
 
+def with_options(config, options: tuple[str, ...]):
+    """``config`` (a dataclass) with ``KEY=VALUE`` settings, each value read as its field's type
+    (bool: true/false/1/0, int, float, str); ValueError names an unknown key or a bad value."""
+    import dataclasses
+
+    fields = {f.name: str(f.type) for f in dataclasses.fields(config)}
+    changes = {}
+    for option in options:
+        key, sep, text = option.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in fields:
+            raise ValueError(f"{option!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(fields))}")
+        kind, text = fields[key], text.strip()
+        try:
+            if kind == "bool":
+                if text.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(text)
+                value = text.lower() in ("true", "1")
+            elif kind in ("int", "float"):
+                value = int(text) if kind == "int" else float(text)
+            else:
+                value = text
+        except ValueError:
+            raise ValueError(f"{option!r}: {key} takes {'an' if kind == 'int' else 'a'} {kind}") from None
+        changes[key] = value
+    return dataclasses.replace(config, **changes)
+
+
 def usable_cores() -> int:
     """The CPU cores this process may run on."""
     try:
@@ -158,9 +186,13 @@ def main() -> None:
 @click.option("--threads", type=ThreadsType(), default="auto", show_default=True,
               help="CPU threads for tensor work; auto: one for the many small bound steps, every core for "
                    "the wide input-split passes.")
+@click.option("--bab-option", "bab_options", multiple=True, metavar="KEY=VALUE",
+              help="Set one branch-and-bound setting (a field of genbab.bab.loop.BabConfig, e.g. "
+                   "shared_frontier=false), for experiments and ablations; repeatable.")
 def verify(model: Path, spec: Path, timeout: float, results_file: Path | None, json_path: Path | None,
            device: str, seed: int, no_bab: bool, no_bounds: bool, quiet: bool, branching: str,
-           branching_points: str, kernels: str, precision: str, threads: int | str) -> None:
+           branching_points: str, kernels: str, precision: str, threads: int | str,
+           bab_options: tuple[str, ...] = ()) -> None:
     """Check MODEL (.onnx[.gz]) against the VNN-LIB property SPEC (.vnnlib[.gz])."""
     _FAST_EXIT.append(True)
     _check_writable(results_file, "--results-file")
@@ -173,7 +205,7 @@ def verify(model: Path, spec: Path, timeout: float, results_file: Path | None, j
         previous = {}
     try:
         _verify(model, spec, timeout, results_file, json_path, device, seed, no_bab, no_bounds, quiet, branching,
-                branching_points, kernels, threads, precision)
+                branching_points, kernels, threads, precision, bab_options)
     except KeyboardInterrupt:  # an embedding caller's own SIGINT handling raised it
         _stop(results_file, "interrupted (SIGINT)", 130)
     finally:
@@ -183,7 +215,8 @@ def verify(model: Path, spec: Path, timeout: float, results_file: Path | None, j
 
 def _verify(model: Path, spec: Path, timeout: float, results_file: Path | None, json_path: Path | None,
             device: str, seed: int, no_bab: bool, no_bounds: bool, quiet: bool, branching: str,
-            branching_points: str, kernels: str, threads: int | str, precision: str = "auto") -> None:
+            branching_points: str, kernels: str, threads: int | str, precision: str = "auto",
+            bab_options: tuple[str, ...] = ()) -> None:
     from genbab.memory_tuning import tune_malloc
 
     tune_malloc()  # keep freed tensor memory in the heap (glibc only): page faults cost more than bounds
@@ -199,6 +232,10 @@ def _verify(model: Path, spec: Path, timeout: float, results_file: Path | None, 
     except GenbabError as err:
         _fail(results_file, f"error: {err}", 2)
     bab_config = BabConfig(branching=branching, branching_points=branching_points, input_threads=wide_threads)
+    try:
+        bab_config = with_options(bab_config, bab_options)
+    except ValueError as err:
+        _fail(results_file, f"error: --bab-option: {err}", 2)
     try:
         from genbab.spec import load_model_and_spec  # a VNN-LIB 2.0 query over several inputs/outputs: composed
 

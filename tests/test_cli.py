@@ -230,3 +230,16 @@ def test_unbounded_input_gets_the_attack_alone(tmp_path: Path) -> None:
     assert proc.returncode == 0 and proc.stdout.startswith("unknown"), proc.stdout + proc.stderr
     assert report["status"] == "unknown" and "X_1 (model input [0,1]) is unbounded" in report["stats"]["reason"]
     assert "bounds" not in report["stats"] and len(report["stats"]["attack_unbounded"]) == 5
+
+
+def test_bab_options_set_the_config_and_bad_ones_exit_2(tmp_path: Path) -> None:
+    """``--bab-option KEY=VALUE``: a known field with a value of its type runs (the verdict is
+    unchanged); an unknown key or a bad value is one error line, exit 2, before any work."""
+    model, spec = str(SPECS / "toy_mlp.onnx"), str(SPECS / "toy_mlp_robust.vnnlib")
+    ok = run_cli("verify", model, spec, "--timeout", "30", "--quiet", "--bab-option", "shared_frontier=false",
+                 "--bab-option", "input_coeff_floor=0", "--bab-option", "branching=babsr")
+    assert ok.returncode == 0 and ok.stdout.split()[0] == "unsat", ok.stdout + ok.stderr
+    for bad, words in (("nope=1", "expected KEY=VALUE"), ("shared_frontier=maybe", "takes a bool"),
+                       ("batch_size=x", "takes an int"), ("batch_size", "expected KEY=VALUE")):
+        proc = run_cli("verify", model, spec, "--timeout", "30", "--quiet", "--bab-option", bad)
+        assert proc.returncode == 2 and words in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr

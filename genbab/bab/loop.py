@@ -65,6 +65,7 @@ class BabConfig:
     input_threads: int = 0  # torch threads during input-split passes (wide batches gain from every core); 0: as set
     joint_cases: bool = True  # the open cases of one input box in one search (api.run_bab); False: case by case
     shared_frontier: bool = True  # input splits over several boxes: one search for all (api.run_bab_boxes)
+    split_products: bool = True  # activation splits also score the factors of products (False: elementwise only)
     input_lookahead: bool = False  # input splits: bound both halves along every dimension to choose
     input_widest_every: int = 0  # input splits: every this many levels split the relatively widest dimension
     branching: str = "bbps"  # "bbps" | "babsr" (activation splits)
@@ -194,7 +195,8 @@ class BranchAndBound:
             upper_d = {**upper_d, self.input: rounding.to_dtype_up(clipped[1].reshape(shape), self.engine.dtype)}
             bounds = {**bounds, self.input: (lower_d[self.input], upper_d[self.input])}
         ctx = BranchingContext(self.config.branching, self.config.branching_points, self.shortcuts, box,
-                               input_floor=self.config.input_coeff_floor, input_scale=self.upper - self.lower)
+                               products=self.config.split_products, input_floor=self.config.input_coeff_floor,
+                               input_scale=self.upper - self.lower)
         node, index, point = choose_splits(self.engine, self.candidates, self.readers, bounds, record, best_row, ctx)
         if self.input_mode and self.config.input_widest_every > 0:
             index, point = self.widest_every(domains.depth, lower_d[self.input].reshape(D, -1),
