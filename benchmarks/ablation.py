@@ -3,7 +3,8 @@
 Each (instance, variant) is one fresh ``genbab verify`` process with the instance's own timeout
 (wall time of the whole process, start-up included), one at a time; the model is put in the graph
 cache first. Instances come from a benchmark folder's ``instances.csv`` under
-``../shared/benchmarks`` (or ``$GENBAB_BENCHMARKS``), filtered by ``--match``. Prints per instance
+``../shared/benchmarks`` (or ``$GENBAB_BENCHMARKS``), or with ``--abcrown-rows`` from its rows of
+``abcrown_cpu.csv``, filtered by ``--match``. Prints per instance
 and per variant the verdict, wall time and branch-and-bound domains, then a summary: instances
 solved (agreeing with the reference consensus), wrong verdicts, median wall over the instances
 every variant solves. Not a test: run it on a quiet machine.
@@ -24,7 +25,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from vs_abcrown import BENCHMARKS, GENBAB, run_genbab, solved, wrong  # noqa: E402  (a sibling script)
+from vs_abcrown import BENCHMARKS, GENBAB, rows as abcrown_rows, run_genbab, solved, wrong  # noqa: E402
 
 
 def instances(benchmark: str, match: str | None) -> list[dict]:
@@ -74,9 +75,15 @@ def main() -> None:
     ap.add_argument("--match", help="only instances whose onnx or vnnlib path contains this")
     ap.add_argument("--variant", action="append", required=True,
                     help="NAME:KEY=VALUE,... (BabConfig fields; 'default:' for none); repeatable")
+    ap.add_argument("--abcrown-rows", action="store_true",
+                    help="the benchmark's rows of abcrown_cpu.csv instead of its instances.csv")
     ap.add_argument("--genbab", type=Path, default=GENBAB)
     args = ap.parse_args()
-    rows = instances(args.benchmark, args.match)
+    if args.abcrown_rows:
+        rows = [r for r in abcrown_rows(BENCHMARKS) if r["benchmark"] == args.benchmark
+                and (not args.match or args.match in r["onnx"] or args.match in r["vnnlib"])]
+    else:
+        rows = instances(args.benchmark, args.match)
     variants = [parse_variant(v) for v in args.variant]
     for onnx in sorted({r["onnx"] for r in rows}):
         subprocess.run([str(args.genbab), "prepare", str(BENCHMARKS / args.benchmark / onnx)], capture_output=True,
