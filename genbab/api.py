@@ -350,8 +350,9 @@ def run_bab_boxes(engine, spec: Spec, groups: list[list[int]], deadline: float, 
             witness = result.witness
         elif result.status == "unsat":
             remaining = []
-        else:
+        elif bab.open_groups():
             remaining = [c for g in bab.open_groups() for c in groups[g]]
+        # else: open without a known box (cannot happen: BranchAndBound keeps in-flight parents), all stay open
         report["open_boxes"] = len(bab.open_groups()) if result.status != "unsat" else 0
     except (RuntimeError, ValueError) as err:  # no proof from the search; the attack goes on
         report = {"boxes": G, "cases": remaining, "status": "error", "error": f"{type(err).__name__}: {err}"}

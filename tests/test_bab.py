@@ -337,3 +337,34 @@ def test_a_false_case_in_one_of_several_boxes_is_never_proved() -> None:
     session = ort.InferenceSession(model.onnx_bytes, providers=["CPUExecutionProvider"])
     y = session.run(None, {model.input_name: x.reshape(model.onnx_input_shape).astype(model.np_dtype)})[0]
     assert float(np.asarray(y, dtype=np.float64).reshape(-1)[1]) < float(spec.d[3, 0])
+
+
+def test_parents_in_flight_at_a_timeout_stay_open() -> None:
+    """A deadline that passes while children are bounded (BoundsTimeout) leaves their parents
+    open: the search over several boxes must not lose a box, or its cases would count as proved."""
+    from genbab.bounds.engine import BoundsTimeout
+
+    model = toy()
+    spec = quadrant_spec(model, false_quadrant=1)
+    groups = [[0, 1], [2, 3], [4], [5, 6]]
+    K, S = 2, spec.C.shape[1]
+    C = torch.zeros(4, K * S, 3, dtype=torch.float64)
+    d = -torch.ones(4, K * S, dtype=torch.float64)
+    for g, cases in enumerate(groups):
+        for k, case in enumerate(cases):
+            C[g, k * S:(k + 1) * S], d[g, k * S:(k + 1) * S] = spec.C[case], spec.d[case]
+    first = torch.tensor([g[0] for g in groups])
+    bab = BranchAndBound(engine_for(model), spec.lower[first], spec.upper[first], C, d, BabConfig(),
+                         row_case=torch.arange(K).repeat_interleave(S))
+    original, calls = bab.bound, []
+
+    def bound(domains, deadline):
+        calls.append(len(domains))
+        if len(calls) == 2:  # the first children's pass runs out of time
+            raise BoundsTimeout("deadline passed")
+        return original(domains, deadline)
+
+    bab.bound = bound
+    result = bab.run(time.monotonic() + 30)
+    assert result.status == "timeout" and len(calls) == 2
+    assert 1 in bab.open_groups() and result.open >= 1

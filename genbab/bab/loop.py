@@ -42,6 +42,7 @@ from genbab.bab.branching import BranchingContext, choose_splits, consumers
 from genbab.bab.clipping import clip_box
 from genbab.bab.domain_attack import DomainAttack, DomainAttacker
 from genbab.bab.domains import DomainBatch, root_domains, split
+from genbab.bab.store import DomainStore
 from genbab.bab.memory import fitting_batch, free_bytes, is_out_of_memory, pass_bytes_per_domain
 from genbab.bounds import rounding
 from genbab.bounds.alpha import AlphaConfig, optimize_rows
@@ -299,8 +300,9 @@ class BranchAndBound:
         result = BabResult("timeout")
         shapes = {c: self.engine.shapes[c] for c in self.candidates}
         to_bound = root_domains(shapes, self.engine.dtype, self.engine.device, self.groups)
-        open_domains = to_bound.select(slice(0, 0))
+        self.store = store = DomainStore()  # the open domains (genbab.bab.store: no whole-set copy per pass)
         self._max_depth = torch.zeros((), dtype=torch.float64, device=self.engine.device)
+        in_flight = None  # the parents whose children are being bounded: still open until then
         try:
             while True:
                 started = time.monotonic()
@@ -310,25 +312,27 @@ class BranchAndBound:
                 self._max_depth = torch.maximum(self._max_depth, bounded.depth.max().to(torch.float64))
                 if self.witness is not None:
                     result.witness = self.witness
-                    return self._finish(result, "sat", open_domains.cat(bounded))
+                    store.push(bounded)
+                    return self._finish(result, "sat")
+                in_flight = None
                 unproved, stuck = self._unproved(bounded)
+                store.push(unproved)
                 if stuck:
-                    return self._finish(result, "unknown", open_domains.cat(unproved))
-                open_domains = open_domains.cat(unproved)
-                self._fit_max_domains(open_domains)
-                self._log(result, open_domains)
-                if len(open_domains) == 0:
-                    return self._finish(result, "unsat", open_domains)
-                if len(open_domains) > self.max_domains:
-                    return self._finish(result, "unknown", open_domains)
+                    return self._finish(result, "unknown")
+                self._fit_max_domains(store)
+                self._log(result, store)
+                if len(store) == 0:
+                    return self._finish(result, "unsat")
+                if len(store) > self.max_domains:
+                    return self._finish(result, "unknown")
                 if time.monotonic() >= deadline:
-                    return self._finish(result, "timeout", open_domains)
-                order = torch.argsort(open_domains.lb)
-                take = self.parents_per_pass(seconds_per_domain, deadline)
-                parents, open_domains = open_domains.select(order[:take]), open_domains.select(order[take:])
-                to_bound = split(parents, self.candidates)
+                    return self._finish(result, "timeout")
+                in_flight = store.pop_lowest(self.parents_per_pass(seconds_per_domain, deadline))
+                to_bound = split(in_flight, self.candidates)
         except BoundsTimeout:
-            return self._finish(result, "timeout", open_domains)
+            if in_flight is not None:  # their children were not all bounded: the parents stay open
+                store.push(in_flight)
+            return self._finish(result, "timeout")
 
     @staticmethod
     def _unproved(bounded: DomainBatch) -> tuple[DomainBatch, bool]:
@@ -365,32 +369,30 @@ class BranchAndBound:
                 if self.engine.device.type == "cuda":
                     torch.cuda.empty_cache()
 
-    def _fit_max_domains(self, domains: DomainBatch) -> None:
+    def _fit_max_domains(self, store: DomainStore) -> None:
         """Count the stored parameters of each domain against the memory budget as well."""
-        if len(domains) and domains.params:
-            per_domain = self.split_bytes + sum(v[0].numel() * v.element_size() for v in domains.params.values())
+        params = store.param_bytes()
+        if len(store) and params:
+            per_domain = self.split_bytes + params
             self.max_domains = min(self.max_domains,
                                    int(min(self.config.max_domains, self.config.memory_bytes // per_domain)))
 
-    def _log(self, result: BabResult, open_domains: DomainBatch) -> None:
+    def _log(self, result: BabResult, store: DomainStore) -> None:
         """History and progress: the worst open bound and the depth, in one transfer to the host."""
-        worst = open_domains.lb.min() if len(open_domains) else torch.full_like(self._max_depth, torch.inf)
+        worst = store.min_lb().to(self._max_depth.device) if len(store) else torch.full_like(self._max_depth, torch.inf)
         worst, depth = torch.stack([worst.to(torch.float64), self._max_depth]).tolist()
         result.max_depth = int(depth)
-        result.history.append((round(time.monotonic() - self.start, 3), worst, len(open_domains)))
+        result.history.append((round(time.monotonic() - self.start, 3), worst, len(store)))
         if self.on_progress is not None:
             self.on_progress(result)
 
     def open_groups(self) -> list[int]:
         """After :meth:`run`, the groups (input boxes) with a domain still open, ascending."""
-        domains = getattr(self, "open_domains", None)
-        if domains is None or domains.group is None:
-            return []
-        return torch.unique(domains.group).tolist()
+        store = getattr(self, "store", None)
+        return [] if store is None else store.groups()
 
-    def _finish(self, result: BabResult, status: str, open_domains: DomainBatch) -> BabResult:
-        result.status, result.open, result.batch = status, len(open_domains), self.batch
+    def _finish(self, result: BabResult, status: str) -> BabResult:
+        result.status, result.open, result.batch = status, len(self.store), self.batch
         result.max_depth = int(self._max_depth)
-        self.open_domains = open_domains
         result.history = result.history[:: max(1, len(result.history) // 25)][-50:]
         return result
