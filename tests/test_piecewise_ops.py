@@ -363,6 +363,23 @@ def test_pow_with_variable_exponent(tmp_path):
         engine_for(genbab.load_model(bad))
 
 
+def test_pow_with_variable_base_and_exponent(tmp_path):
+    """``x ** y`` for a dependent positive base (``x = sigmoid(h) + 0.5``): ``Exp(y LogPositive(x))``,
+    matching onnxruntime, CROWN bounds containing 10k samples; where the base may reach 0 or below
+    no bound is computed at all (a ValueError, so no proof), never a clamped one."""
+    from genbab.bounds import compute_bounds, engine_for
+    from genbab.ops.exp_log import NonPositiveBase
+
+    core = [N("Sigmoid", ["h"], ["sh"]), N("Add", ["sh", "half"], ["base"]), N("Pow", ["base", "g"], ["a"])]
+    path = gemm_model(tmp_path / "powxy.onnx", core, {"half": np.float32(0.5)})
+    check_model(path, set(), LOWER3, UPPER3, rewrites=False)
+    assert "LogPositive" in {n.op_type for n in engine_for(genbab.load_model(path)).nodes}
+    signed = gemm_model(tmp_path / "signed.onnx", [N("Pow", ["h", "g"], ["a"])])
+    model = genbab.load_model(signed)
+    with pytest.raises(NonPositiveBase):
+        compute_bounds(model, torch.tensor(LOWER3), torch.tensor(UPPER3), "crown")
+
+
 def test_trunc_interval_and_lines_are_exact_on_flat_stairs():
     op = STEPS["Trunc"]
     l, u = torch.tensor([2.1, -3.7, -0.5, 0.0], dtype=F64), torch.tensor([2.4, -3.1, 0.9, 7.5], dtype=F64)

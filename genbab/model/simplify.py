@@ -243,7 +243,8 @@ def simplify_for_bounds(graph: Graph) -> Graph:
 #   (:mod:`genbab.ops.step`, 0/1 floats); ``Less`` / ``LessOrEqual`` with ``b - a``.
 # - ``Equal(a, b)``: ``StepNonNegative(a - b) - StepPositive(a - b)``; ``Cast`` to bool:
 #   ``StepPositive(x) + StepPositive(-x)``; to INT32/INT64: ``Trunc(x)``; to a float type: ``Identity``.
-# - ``Pow(b, y)`` with a dependent exponent and a positive constant base: ``Exp(y * log b)``.
+# - ``Pow(b, y)`` with a dependent exponent: ``Exp(y * log b)`` for a positive constant base,
+#   ``Exp(y * LogPositive(x))`` for a dependent base (no bound where ``x`` may be <= 0).
 # - ``Where(cond, a, b)`` with a dependent condition: ``b + cond * (a - b)``.
 
 Operand = "str | torch.Tensor"  # a node name (dependent value) or a constant
@@ -549,12 +550,19 @@ def scale_in_dtype(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
 
 
 def rewrite_pow_exponent(node: Node, shapes: dict[str, tuple[int, ...]]) -> list[Node]:
-    """``b ** y`` for a dependent exponent ``y`` and a positive constant base ``b``:
-    ``exp(y * log b)`` (an affine ``Mul`` by the constant ``log b``, then ``Exp``)."""
+    """``b ** y`` for a dependent exponent ``y``: with a positive constant base ``b``,
+    ``exp(y * log b)`` (an affine ``Mul`` by the constant ``log b``, then ``Exp``); with a
+    dependent base ``x``, ``exp(y * LogPositive(x))`` (a product of two variables), bounded only on
+    boxes where ``x > 0`` (elsewhere the bound step raises: no proof)."""
     base_value, exponent = node.args[0], node.args[1]
-    if isinstance(base_value, InputRef) or not isinstance(exponent, InputRef):
-        raise UnsupportedOpError(f"Pow node {node.onnx_name!r}: a variable base with a variable exponent is not "
-                                 "supported (only a positive constant base)")
+    if isinstance(base_value, InputRef):  # exp(y log x): LogPositive gives no bound where x may be <= 0
+        from genbab.ops.exp_log import OPS as EXP_LOG
+
+        name, shape = node.name, tuple(node.out_shape)
+        x, y = node.inputs[base_value.index], node.inputs[exponent.index]
+        return [_node(f"{name}/log", "LogPositive", [x], EXP_LOG["LogPositive"].forward, shapes[x], node.onnx_name),
+                _node(f"{name}/scaled", "Mul", [y, f"{name}/log"], multiply, shape, node.onnx_name),
+                _node(name, "Exp", [f"{name}/scaled"], torch.exp, shape, node.onnx_name)]
     base_value = torch.as_tensor(base_value, dtype=torch.float64)
     if not bool((base_value > 0).all() and torch.isfinite(base_value).all()):
         raise UnsupportedOpError(f"Pow node {node.onnx_name!r}: a variable exponent needs a positive constant base")

@@ -190,9 +190,27 @@ def relax_sqrt(l: Tensor, u: Tensor, params: Params | None = None) -> Relaxation
                         (r.slope_lower, r.bias_lower, r.slope_upper, r.bias_upper)))
 
 
+class NonPositiveBase(ValueError):
+    """A ``LogPositive`` input range reaches 0 or below: no bound (so no proof) on that box."""
+
+
+def _positive_only(fn):
+    def checked(l: Tensor, u: Tensor, *rest, **kw):
+        if bool((l <= 0).any()):
+            raise NonPositiveBase("Pow with a variable exponent: the base is not positive on this box "
+                                  "(its bounds reach 0 or below), no bound is computed")
+        return fn(l, u, *rest, **kw)
+    return checked
+
+
+_LOG_ENTRY = make_op(LOG)
 OPS: dict[str, ElementwiseOp] = {
     "Exp": make_op(EXP),
-    "Log": make_op(LOG),
+    "Log": _LOG_ENTRY,
+    # log of the base of a Pow with a variable exponent (exp(y log x)): defined only where x > 0,
+    # so a box whose base bounds reach 0 gets no bound at all rather than a clamped one
+    "LogPositive": replace(_LOG_ENTRY, name="LogPositive", interval=_positive_only(_LOG_ENTRY.interval),
+                           relax=_positive_only(_LOG_ENTRY.relax)),
     "Sqrt": replace(make_op(SQRT), relax=relax_sqrt),
     "Reciprocal": replace(make_op(RECIPROCAL_CORE), interval=interval_reciprocal,
                           relax=relax_reciprocal),
