@@ -133,7 +133,9 @@ def verify(model: Model | str | Path, spec: Spec | str | Path, timeout: float = 
     stats["attack_after_bounds"] = attack_stats(later)
     if witness is not None:
         witness = replace(witness, case=int(open_cases[witness.case]))
-    return Result("sat" if witness is not None else "timeout", witness, time.monotonic() - start, stats)
+    undecidable = "no_proof_reason" in stats  # an op without a bound rule, or a translation that disagrees
+    return Result("sat" if witness is not None else "unknown" if undecidable else "timeout", witness,
+                  time.monotonic() - start, stats)
 
 
 DOMAIN_ATTACK_STEPS = 10  # PGD steps from each bound minimiser of a worst domain
@@ -216,6 +218,7 @@ def run_bounds(model: Model, spec: Spec, deadline: float, alpha: AlphaConfig, st
         report = prove_cases(model, spec, deadline, alpha, tighten=tighten, engine=engine_for(model, engine_config))
     except UnsupportedOpError as err:
         stats["bounds"] = {"error": str(err)}
+        stats["no_proof_reason"] = str(err)  # no bound can ever hold: the verdict is sat or unknown
         return torch.arange(spec.n_cases), None
     except (RuntimeError, ValueError) as err:  # a bound step failed: no proof, keep attacking
         stats["bounds"] = {"error": f"{type(err).__name__}: {err}"}

@@ -170,3 +170,38 @@ def test_untranslatable_model_gets_the_onnxruntime_attack(tmp_path) -> None:
     path, spec = untranslatable_model(tmp_path, 9.0)
     result = genbab.verify(str(path), str(spec), timeout=2)
     assert result.status == "unknown" and "ThresholdedRelu" in result.stats["reason"]
+
+
+def argmax_model(tmp_path, threshold: float):
+    """``y = float(argmax(W x))`` with rows ``x0``, ``x1``, ``(x0 + x1) / 2`` over ``[-1, 1]^2`` and the
+    unsafe set ``y >= threshold``: index 1 wins where ``x1 > x0``; index 2 never (ties go first)."""
+    from onnx import TensorProto, helper, numpy_helper
+    import onnx
+
+    W = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]], np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("ArgMax", ["h"], ["i"], axis=1, keepdims=1),
+             helper.make_node("Cast", ["i"], ["y"], to=TensorProto.FLOAT)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])],
+                              [numpy_helper.from_array(W.T.copy(), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = tmp_path / "argmax.onnx"
+    onnx.save(model, str(path))
+    spec = tmp_path / f"a{threshold}.vnnlib"
+    spec.write_text("".join(f"(declare-const X_{i} Real)\n(assert (>= X_{i} -1))\n(assert (<= X_{i} 1))\n" for i in range(2))
+                    + f"(declare-const Y_0 Real)\n(assert (>= Y_0 {threshold}))\n")
+    return path, spec
+
+
+def test_argmax_gated_output_gets_the_attack_and_a_clean_unknown(tmp_path) -> None:
+    """ArgMax has no bound rule: a reachable index is ``sat`` (replayed), an unreachable one is
+    ``unknown`` (never ``unsat``, never ``timeout``) with the op named in the report."""
+    path, spec = argmax_model(tmp_path, 0.5)
+    result = genbab.verify(str(path), str(spec), timeout=20)
+    assert result.status == "sat"
+    x = np.asarray(result.witness.x, dtype=np.float64)
+    assert x[1] > x[0]
+    path, spec = argmax_model(tmp_path, 1.5)
+    result = genbab.verify(str(path), str(spec), timeout=3)
+    assert result.status == "unknown" and "ArgMax" in result.stats["no_proof_reason"]

@@ -44,6 +44,7 @@ CASES = [
     ("Gelu-tanh", OPS["Gelu"].bind(approximate="tanh"), (-100.0, 100.0)),
     ("Exp", OPS["Exp"], (-100.0, 100.0)),
     ("Log", OPS["Log"], (TINY32, 100.0)),
+    ("LogPositive", OPS["LogPositive"], (TINY32, 100.0)),
     ("Reciprocal+", OPS["Reciprocal"], (1e-3, 100.0)),
     ("Reciprocal-", OPS["Reciprocal"], (-100.0, -1e-3)),
     ("Sqrt", OPS["Sqrt"], (0.0, 100.0)),

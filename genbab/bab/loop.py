@@ -386,6 +386,14 @@ class BranchAndBound:
         if self.on_progress is not None:
             self.on_progress(result)
 
+    @property
+    def open_domains(self) -> DomainBatch:
+        """After :meth:`run`, the domains still open (a copy out of the store)."""
+        if self.store.slots is None:  # nothing was ever left open
+            shapes = {c: self.engine.shapes[c] for c in self.candidates}
+            return root_domains(shapes, self.engine.dtype, self.engine.device).select(slice(0, 0))
+        return self.store.all()
+
     def open_groups(self) -> list[int]:
         """After :meth:`run`, the groups (input boxes) with a domain still open, ascending."""
         store = getattr(self, "store", None)
