@@ -111,6 +111,13 @@ def test_split_output_is_one_of_its_results(tmp_path: Path) -> None:
     check_against_onnxruntime(write(tmp_path, nodes, [1, 3, 4, 3], [ints("sizes", [2, 3])]))
 
 
+@pytest.mark.parametrize("attrs", [{}, {"reverse": 1}, {"exclusive": 1}, {"reverse": 1, "exclusive": 1}])
+def test_cumsum_attributes(tmp_path: Path, attrs: dict) -> None:
+    """CumSum with ONNX's defaults (onnx2torch 1.5 read a missing ``reverse`` as 1) and each attribute."""
+    nodes = [helper.make_node("CumSum", ["x", "axis"], ["y"], **attrs)]
+    check_against_onnxruntime(write(tmp_path, nodes, X_SHAPE, [ints("axis", -1)]))
+
+
 def test_pad_with_axes(tmp_path: Path) -> None:
     value = numpy_helper.from_array(np.array(0.5, np.float32), "value")
     nodes = [helper.make_node("Pad", ["x", "pads", "value", "axes"], ["y"], mode="constant")]

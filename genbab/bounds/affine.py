@@ -21,7 +21,7 @@ from genbab.model.graph import InputRef, Node
 INCREASING = frozenset({
     "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Concat", "Slice", "Gather", "Split",
     "Expand", "Tile", "Identity", "Dropout", "Upsample", "Resize", "Where", "Cast", "Add", "Sum",
-    "ReduceSum", "ReduceMean", "AveragePool", "GlobalAveragePool", "Pad",
+    "ReduceSum", "ReduceMean", "AveragePool", "GlobalAveragePool", "Pad", "CumSum",
 })
 # Ops in INCREASING only for some attribute values: interpolation is a positive combination of
 # inputs in nearest and (bi/tri)linear modes, but cubic weights are negative at the ends (still

@@ -390,10 +390,30 @@ def _opset18_table() -> dict[tuple[str, int], object]:
 FALLBACKS = {("Selu", 6): convert_selu}
 
 
+def convert_cumsum(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    """``CumSum`` with the ONNX defaults (``exclusive`` 0, ``reverse`` 0): onnx2torch 1.5 reads a
+    missing ``reverse`` as 1 and so sums from the end."""
+    from onnx2torch.node_converters.cumsum import OnnxCumSum
+    from onnx2torch.utils.common import onnx_mapping_from_node
+
+    attrs = node.attributes
+    return OperationConverterResult(torch_module=OnnxCumSum(bool(attrs.get("exclusive", 0)),
+                                                            bool(attrs.get("reverse", 0))),
+                                    onnx_mapping=onnx_mapping_from_node(node))
+
+
+REPLACEMENTS = {("CumSum", 11): convert_cumsum, ("CumSum", 14): convert_cumsum}
+"""onnx2torch converters replaced outright (they translate wrongly)."""
+
+
 def register_converters() -> None:
     """Add our converters to onnx2torch's registry (idempotent). onnx2torch's own stay first:
-    those of :data:`FALLBACKS` are only tried when it refuses the node."""
+    those of :data:`FALLBACKS` are only tried when it refuses the node; those of
+    :data:`REPLACEMENTS` replace its own."""
     from onnx2torch.node_converters.registry import _CONVERTER_REGISTRY, OperationDescription
+
+    for (op, version), convert in REPLACEMENTS.items():
+        _CONVERTER_REGISTRY[OperationDescription(domain="", operation_type=op, version=version)] = convert
 
     table = {("Upsample", v): convert_upsample for v in (7, 9, 10)}
     table.update(_opset18_table())

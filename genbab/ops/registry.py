@@ -33,7 +33,7 @@ AFFINE_POSITIONS: dict[str, tuple[int, ...] | None] = {
     "Concat": None, "Slice": (0,), "Gather": (0,), "Split": (0,), "Expand": (0,), "Tile": (0,),
     "Where": (1, 2), "ReduceSum": (0,), "ReduceMean": (0,), "Pad": (0,), "AveragePool": (0,),
     "GlobalAveragePool": (0,), "Upsample": (0,), "Resize": (0,), "SoftmaxDiff": (0,),
-    "Cast": (0,), "Center": (0,), "Simplex": (0,),
+    "Cast": (0,), "Center": (0,), "Simplex": (0,), "CumSum": (0,),
     "GatherND": (0,), "GatherElements": (0,), "ScatterND": (0, 2), "ScatterElements": (0, 2),
 }
 # Affine when exactly one input depends on x (the other is a constant factor).
