@@ -288,6 +288,19 @@ def quadrant_spec(model: genbab.Model, false_quadrant: int | None = None) -> gen
     return genbab.Spec(torch.stack(lowers), torch.stack(uppers), torch.stack(Cs), torch.stack(ds))
 
 
+def quadrant_groups(spec: genbab.Spec):
+    """The four quadrant boxes' rows as BranchAndBound groups: ``(first case of each box, C [4, K S,
+    3], d [4, K S], K, S)``, the one-case box padded with a row no point satisfies (``0 y <= -1``)."""
+    groups = [[0, 1], [2, 3], [4], [5, 6]]
+    K, S = 2, spec.C.shape[1]
+    C = torch.zeros(4, K * S, 3, dtype=torch.float64)
+    d = -torch.ones(4, K * S, dtype=torch.float64)
+    for g, cases in enumerate(groups):
+        for k, case in enumerate(cases):
+            C[g, k * S:(k + 1) * S], d[g, k * S:(k + 1) * S] = spec.C[case], spec.d[case]
+    return torch.tensor([g[0] for g in groups]), C, d, K, S
+
+
 def test_cases_of_several_boxes_are_proved_in_one_search() -> None:
     """Seven true cases over four boxes: one search (one report over 4 boxes) proves all; per box
     (``shared_frontier=False``), four searches do."""
@@ -317,14 +330,7 @@ def test_a_false_case_in_one_of_several_boxes_is_never_proved() -> None:
     model = toy()
     spec = quadrant_spec(model, false_quadrant=1)
     engine = engine_for(model)
-    groups = [[0, 1], [2, 3], [4], [5, 6]]
-    K, S = 2, spec.C.shape[1]
-    C = torch.zeros(4, K * S, 3, dtype=torch.float64)
-    d = -torch.ones(4, K * S, dtype=torch.float64)
-    for g, cases in enumerate(groups):
-        for k, case in enumerate(cases):
-            C[g, k * S:(k + 1) * S], d[g, k * S:(k + 1) * S] = spec.C[case], spec.d[case]
-    first = torch.tensor([g[0] for g in groups])
+    first, C, d, K, S = quadrant_groups(spec)
     bab = BranchAndBound(engine, spec.lower[first], spec.upper[first], C, d, BabConfig(),
                          row_case=torch.arange(K).repeat_interleave(S))
     assert bab.run(time.monotonic() + 5).status != "unsat"
@@ -346,14 +352,7 @@ def test_parents_in_flight_at_a_timeout_stay_open() -> None:
 
     model = toy()
     spec = quadrant_spec(model, false_quadrant=1)
-    groups = [[0, 1], [2, 3], [4], [5, 6]]
-    K, S = 2, spec.C.shape[1]
-    C = torch.zeros(4, K * S, 3, dtype=torch.float64)
-    d = -torch.ones(4, K * S, dtype=torch.float64)
-    for g, cases in enumerate(groups):
-        for k, case in enumerate(cases):
-            C[g, k * S:(k + 1) * S], d[g, k * S:(k + 1) * S] = spec.C[case], spec.d[case]
-    first = torch.tensor([g[0] for g in groups])
+    first, C, d, K, S = quadrant_groups(spec)
     bab = BranchAndBound(engine_for(model), spec.lower[first], spec.upper[first], C, d, BabConfig(),
                          row_case=torch.arange(K).repeat_interleave(S))
     original, calls = bab.bound, []

@@ -109,15 +109,10 @@ class DomainStore:
 
     # ----------------------------------------------------------------------------- buffers
     def _allocate(self, like: DomainBatch, capacity: int) -> None:
-        def buffer(t: torch.Tensor, fill) -> torch.Tensor:
+        def empty(t: torch.Tensor, fill) -> torch.Tensor:
             return torch.full((capacity, *t.shape[1:]), fill, dtype=t.dtype, device=t.device)
 
-        self.slots = DomainBatch({k: buffer(v, 0) for k, v in like.lower.items()},
-                                 {k: buffer(v, 0) for k, v in like.upper.items()},
-                                 buffer(like.lb, torch.inf), buffer(like.depth, 0), buffer(like.split_node, -1),
-                                 buffer(like.split_index, 0), buffer(like.split_point, 0),
-                                 {k: buffer(v, torch.nan) for k, v in like.params.items()},
-                                 None if like.group is None else buffer(like.group, 0))
+        self.slots = _mapped(like, empty)
         self.valid = torch.zeros(capacity, dtype=torch.bool, device=like.lb.device)
         self.key = torch.full((capacity,), torch.inf, dtype=torch.float64, device=like.lb.device)
 
@@ -127,13 +122,7 @@ class DomainStore:
         def grown(t: torch.Tensor, fill) -> torch.Tensor:
             return torch.cat([t, torch.full((extra, *t.shape[1:]), fill, dtype=t.dtype, device=t.device)])
 
-        s = self.slots
-        self.slots = DomainBatch({k: grown(v, 0) for k, v in s.lower.items()},
-                                 {k: grown(v, 0) for k, v in s.upper.items()},
-                                 grown(s.lb, torch.inf), grown(s.depth, 0), grown(s.split_node, -1),
-                                 grown(s.split_index, 0), grown(s.split_point, 0),
-                                 {k: grown(v, torch.nan) for k, v in s.params.items()},
-                                 None if s.group is None else grown(s.group, 0))
+        self.slots = _mapped(self.slots, grown)
         self.valid = grown(self.valid, False)
         self.key = grown(self.key, torch.inf)
 
@@ -145,3 +134,12 @@ class DomainStore:
 
     def _empty(self) -> DomainBatch:
         return self.slots.select(torch.zeros(0, dtype=torch.int64, device=self.slots.lb.device))
+
+
+def _mapped(batch: DomainBatch, fn) -> DomainBatch:
+    """``fn(tensor, fill)`` applied to every field, with each field's fill value for empty slots."""
+    return DomainBatch({k: fn(v, 0) for k, v in batch.lower.items()}, {k: fn(v, 0) for k, v in batch.upper.items()},
+                       fn(batch.lb, torch.inf), fn(batch.depth, 0), fn(batch.split_node, -1),
+                       fn(batch.split_index, 0), fn(batch.split_point, 0),
+                       {k: fn(v, torch.nan) for k, v in batch.params.items()},
+                       None if batch.group is None else fn(batch.group, 0))
