@@ -67,8 +67,6 @@ class BabConfig:
     joint_cases: bool = True  # the open cases of one input box in one search (api.run_bab); False: case by case
     shared_frontier: bool = True  # input splits over several boxes: one search for all (api.run_bab_boxes)
     split_products: bool = True  # activation splits also score the factors of products (False: elementwise only)
-    input_lookahead: bool = False  # input splits: bound both halves along every dimension to choose
-    input_widest_every: int = 0  # input splits: every this many levels split the relatively widest dimension
     branching: str = "bbps"  # "bbps" | "babsr" (activation splits)
     branching_points: str = "opt"  # "opt" (lookup tables) | "uniform" (midpoints)
     memory_bytes: float = 4e9  # the open domains' split bounds may use about this much
@@ -199,14 +197,6 @@ class BranchAndBound:
                                products=self.config.split_products, input_floor=self.config.input_coeff_floor,
                                input_scale=self.upper - self.lower)
         node, index, point = choose_splits(self.engine, self.candidates, self.readers, bounds, record, best_row, ctx)
-        if self.input_mode and self.config.input_widest_every > 0:
-            index, point = self.widest_every(domains.depth, lower_d[self.input].reshape(D, -1),
-                                             upper_d[self.input].reshape(D, -1), index, point)
-        if self.input_mode and self.config.input_lookahead:
-            open_ = torch.nonzero(~(lb > 0)).flatten()
-            if len(open_):
-                lo_c, hi_c = (b.reshape(D, -1)[open_] for b in (lower_d[self.input], upper_d[self.input]))
-                index[open_], point[open_] = self.lookahead_split(lo_c, hi_c, index[open_], deadline)
         params = {} if self.input_mode else record.get("warm", {})
         return DomainBatch(lower_d, upper_d, lb.to(torch.float64), domains.depth, node, index, point, params,
                            domains.group)
@@ -246,43 +236,6 @@ class BranchAndBound:
         lo = torch.where(none.unsqueeze(1), lower.to(lo.dtype), lo)
         hi = torch.where(none.unsqueeze(1), upper.to(hi.dtype), hi)
         return (lo, hi), none
-
-    def widest_every(self, depth, lower, upper, index, point):
-        """At every ``input_widest_every``-th level, split the input dimension with the largest width
-        relative to the root box instead (coefficient scores never pick a dimension the linear bound
-        ignores, such as one entering only through an even function)."""
-        lower = torch.maximum(lower, self.lower.reshape(1, -1).to(lower.dtype))
-        upper = torch.minimum(upper, self.upper.reshape(1, -1).to(upper.dtype))
-        root_width = (self.upper - self.lower).reshape(1, -1).to(lower.dtype).clamp_min(1e-300)
-        widest = ((upper - lower) / root_width).argmax(dim=1)
-        use = (depth % self.config.input_widest_every) == self.config.input_widest_every - 1
-        index = torch.where(use, widest, index)
-        mid = ((lower + upper) / 2).gather(1, index[:, None]).squeeze(1).to(torch.float64)
-        return index, torch.where(use, mid, point)
-
-    def lookahead_split(self, lower: torch.Tensor, upper: torch.Tensor, fallback: torch.Tensor,
-                        deadline: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Input split by look-ahead: bound both halves of every box along every input dimension
-        (CROWN, one batched pass) and split where the worse half's bound is highest; ``fallback``
-        (the coefficient score's choice) where no dimension improves on it."""
-        D, n = lower.shape
-        mid = (lower + upper) / 2
-        lo, hi = lower.unsqueeze(1).repeat(1, 2 * n, 1), upper.unsqueeze(1).repeat(1, 2 * n, 1)
-        dims = torch.arange(n, device=lower.device)
-        hi[:, dims, dims] = mid
-        lo[:, n + dims, dims] = mid
-        box = self.engine.box(torch.maximum(lo.reshape(-1, n), self.lower.reshape(1, -1).to(lo.dtype)),
-                              torch.minimum(hi.reshape(-1, n), self.upper.reshape(1, -1).to(hi.dtype)))
-        with torch.no_grad():
-            bounds = self.engine.intermediate_bounds(box, "crown", deadline, base=self.root_bounds)
-            B = box.batch
-            rows = self.engine.bound_rows(self.C.expand(B, -1, -1), box, bounds) - self.d.expand(B, -1)
-        child = rows.nan_to_num(nan=-torch.inf).amax(dim=1).reshape(D, 2, n)
-        worst = child.amin(dim=1)  # [D, n]
-        best = worst.argmax(dim=1)
-        width_ok = (upper - lower).gather(1, best[:, None]).squeeze(1) > 0
-        index = torch.where(width_ok, best, fallback)
-        return index, mid.gather(1, index[:, None]).squeeze(1).to(torch.float64)
 
     def run(self, deadline: float) -> BabResult:
         """The search until ``unsat``, ``sat``, ``unknown`` or ``deadline``; input-split passes run
