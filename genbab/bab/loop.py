@@ -1,4 +1,6 @@
-"""The branch-and-bound loop for the cases ``C_k y <= d_k`` of one input box, as one search.
+"""The branch-and-bound loop for the cases ``C_k y <= d_k`` of one input box (or of several), as one
+search; what differs between splitting the input box and splitting activations is a strategy
+(:mod:`genbab.bab.strategy`).
 
 A domain is proved when every case is: some row of each case has a positive lower bound
 (``row_case`` maps rows to cases; one case by default). Splits serve the domain's worst case
@@ -37,12 +39,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from genbab.bab.bbps import root_shortcuts
 from genbab.bab.branching import BranchingContext, choose_splits, consumers
 from genbab.bab.clipping import clip_box
 from genbab.bab.domain_attack import DomainAttack, DomainAttacker
 from genbab.bab.domains import DomainBatch, root_domains, split
 from genbab.bab.store import DomainStore
+from genbab.bab.strategy import ActivationSplitting, InputSplitting
 from genbab.bab.memory import fitting_batch, free_bytes, is_out_of_memory, pass_bytes_per_domain
 from genbab.bounds import rounding
 from genbab.bounds.alpha import AlphaConfig, optimize_rows
@@ -114,29 +116,29 @@ class BranchAndBound:
         self.input = engine.graph.input_name
         # coordinates of positive width: what splitting shrinks (the most of any box)
         free = int((self.group_upper > self.group_lower).reshape(max(1, self.groups), -1).sum(dim=1).max())
-        self.input_mode = free <= config.input_split_max_dims
+        self.strategy = InputSplitting() if free <= config.input_split_max_dims else ActivationSplitting()
         if self.groups and not self.input_mode:
             raise ValueError("a search over several input boxes splits the input: each box may have at most "
                              f"{config.input_split_max_dims} free coordinates")
-        if self.input_mode:
-            self.candidates = [self.input]
-        else:
-            self.candidates = sorted(n for n in engine.needs_bounds if n != self.input)
+        self.candidates = self.strategy.candidates(engine)
         self.readers = consumers(engine, self.candidates)
         self.start = time.monotonic()
         self.root_bounds = root_bounds  # the root's intermediate bounds, reused (and refreshed by IBP) below it
         self.shortcuts: dict | None = None  # BBPS: root linear bounds of the candidate nodes
         self.split_bytes = sum(2 * 8 * math.prod(engine.shapes[c]) for c in self.candidates) + 64
         self.max_domains = int(min(config.max_domains, config.memory_bytes // self.split_bytes))
-        iterations = config.input_alpha_iterations if self.input_mode else config.alpha_iterations
-        self.alpha = AlphaConfig(iterations=iterations, lr=0.2, stop_when_positive=True)
+        self.alpha = AlphaConfig(iterations=self.strategy.alpha_iterations(config), lr=0.2, stop_when_positive=True)
         itemsize = torch.empty((), dtype=engine.dtype).element_size()
-        maximum = config.input_batch_size if self.input_mode else config.batch_size
-        self.batch = fitting_batch(maximum, pass_bytes_per_domain(engine.shapes, self.C.shape[0], itemsize),
+        self.batch = fitting_batch(self.strategy.max_batch(config), pass_bytes_per_domain(engine.shapes, self.C.shape[0], itemsize),
                                    free_bytes(engine.device))
         self.on_progress = on_progress  # called with the BabResult after every batch
         self.domain_attack = DomainAttacker(attack) if attack is not None else None
         self.witness = None
+
+    @property
+    def input_mode(self) -> bool:
+        """Whether this search splits the input box (:class:`~genbab.bab.strategy.InputSplitting`)."""
+        return self.strategy.input_mode
 
     def bound(self, domains: DomainBatch, deadline: float) -> DomainBatch:
         """Bound every domain (one batched pass) and choose each one's next split."""
@@ -151,29 +153,16 @@ class BranchAndBound:
         box = self.engine.box(lower, upper)
         splits = {k: v for k, v in domains.clamps().items() if k != self.input}
         with torch.no_grad():
-            if self.input_mode:  # every sub-box gets its own CROWN bounds (inside the root's)
-                bounds = self.engine.intermediate_bounds(box, self.config.input_bounds, deadline,
-                                                         clamps=domains.clamps(), base=self.root_bounds)
-            elif self.root_bounds is None:
-                bounds = self.engine.intermediate_bounds(box, "crown", deadline, clamps=domains.clamps())
-                self.root_bounds = bounds
-            else:
-                bounds = self.engine.intermediate_bounds(box, "ibp", deadline, clamps=domains.clamps(),
-                                                         base=self.root_bounds)
+            bounds = self.strategy.intermediate(self, box, domains, deadline)
             if self.shortcuts is None:
-                self.shortcuts = {}
-                if not self.input_mode and self.config.branching == "bbps":
-                    root_box = self.engine.box(self.lower.reshape(1, -1), self.upper.reshape(1, -1))
-                    self.shortcuts = root_shortcuts(self.engine, self.candidates, root_box, self.root_bounds,
-                                                    deadline)
+                self.shortcuts = self.strategy.shortcuts(self, deadline)
         record: dict[str, torch.Tensor] = {}
         if self.groups:
             C, d = self.group_C[domains.group], self.group_d[domains.group]
         else:
             C, d = self.C.expand(D, -1, -1), self.d.expand(D, -1)
-        warm = None if self.input_mode else domains.params
         rows = optimize_rows(self.engine, C, box, bounds, self.alpha, offset=d, deadline=deadline, record=record,
-                             splits=splits, warm=warm)
+                             splits=splits, warm=self.strategy.warm(domains))
         rows = rows.nan_to_num(nan=-torch.inf)
         case_lb, best_row = self.worst_case(rows)
         lb = case_lb.amin(dim=1)
@@ -185,21 +174,14 @@ class BranchAndBound:
         if self.domain_attack is not None:
             offset = None if domains.group is None else domains.group * self.C.shape[0]
             self.witness = self.domain_attack(lb, record.get(self.input), lower, upper, deadline, offset)
-        lower_d, upper_d = domains.lower, domains.upper
-        if self.input_mode and self.input in record:  # shrink each box to where a counterexample may be
-            clipped, none = self.clip(lower, upper, record[self.input], record["rows"], case_lb)
-            lb = torch.where(none, torch.full_like(lb, torch.inf), lb)
-            shape = domains.lower[self.input].shape
-            lower_d = {**lower_d, self.input: rounding.to_dtype_down(clipped[0].reshape(shape), self.engine.dtype)}
-            upper_d = {**upper_d, self.input: rounding.to_dtype_up(clipped[1].reshape(shape), self.engine.dtype)}
-            bounds = {**bounds, self.input: (lower_d[self.input], upper_d[self.input])}
+        lower_d, upper_d, lb, bounds = self.strategy.after_bound(self, domains, lower, upper, record, case_lb, lb,
+                                                                 bounds)
         ctx = BranchingContext(self.config.branching, self.config.branching_points, self.shortcuts, box,
                                products=self.config.split_products, input_floor=self.config.input_coeff_floor,
                                input_scale=self.upper - self.lower)
         node, index, point = choose_splits(self.engine, self.candidates, self.readers, bounds, record, best_row, ctx)
-        params = {} if self.input_mode else record.get("warm", {})
-        return DomainBatch(lower_d, upper_d, lb.to(torch.float64), domains.depth, node, index, point, params,
-                           domains.group)
+        return DomainBatch(lower_d, upper_d, lb.to(torch.float64), domains.depth, node, index, point,
+                           self.strategy.params(record), domains.group)
 
     def worst_case(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per domain the bound of each case (its best row's) ``[D, K]`` and the index of the best
@@ -240,7 +222,7 @@ class BranchAndBound:
     def run(self, deadline: float) -> BabResult:
         """The search until ``unsat``, ``sat``, ``unknown`` or ``deadline``; input-split passes run
         on ``config.input_threads`` torch threads when that is set (restored afterwards)."""
-        threads = self.config.input_threads if self.input_mode else 0
+        threads = self.strategy.threads(self.config)
         before = torch.get_num_threads()
         if threads > 0:
             torch.set_num_threads(threads)
