@@ -89,3 +89,24 @@ def test_concretisation_never_exceeds_the_exact_minimum_under_cancellation(dtype
         for s in range(S):
             assert Fraction(float(got[k, s])) <= exact[k][s]
             assert float(exact[k][s]) - float(got[k, s]) <= 4 * (n + 4) * eps * float(magnitude[k, s]) + 1e-300
+
+
+def test_output_interval_rows_are_rounded_down_unless_exact() -> None:
+    """``interval_rows`` (an output row bounded by the output's own interval): never above the exact
+    rational ``C+ lo + C- hi``, also where nearest rounding lands above it (1 + 1.2e-16 rounds up
+    to 1 + 2^-52); a single +-1 coefficient is exact and kept as is."""
+    from fractions import Fraction
+
+    from genbab.bounds.engine import interval_rows
+
+    lo = torch.tensor([[1.0, 1.2e-16, 3.0, -2.5]], dtype=torch.float64)
+    hi = torch.tensor([[2.0, 1.3e-16, 4.0, 7.0]], dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    rows = [torch.tensor([1.0, 1.0, 0.0, 0.0]), torch.tensor([0.1, 0.7, -0.3, 0.0]), torch.tensor([0.0, 0.0, 0.0, -1.0])]
+    rows += [torch.randn(4, generator=gen, dtype=torch.float64) for _ in range(20)]
+    C = torch.stack([r.double() for r in rows]).unsqueeze(0)
+    lb = interval_rows(C, lo, hi)[0]
+    for s, row in enumerate(C[0].tolist()):
+        exact = sum(Fraction(c) * Fraction(lo[0, i].item() if c > 0 else hi[0, i].item()) for i, c in enumerate(row))
+        assert Fraction(lb[s].item()) <= exact, (s, row)
+    assert float(lb[2]) == -7.0  # one -1 coefficient: exact
