@@ -110,3 +110,22 @@ def test_output_interval_rows_are_rounded_down_unless_exact() -> None:
         exact = sum(Fraction(c) * Fraction(lo[0, i].item() if c > 0 else hi[0, i].item()) for i, c in enumerate(row))
         assert Fraction(lb[s].item()) <= exact, (s, row)
     assert float(lb[2]) == -7.0  # one -1 coefficient: exact
+
+
+def test_subtract_rounds_down_and_keeps_exact_differences() -> None:
+    """``rounding.subtract(v, e)`` is at most the exact ``v - e`` (random and adversarial pairs,
+    float64 and float32), and equals it when the difference is representable (``0 - 0``, ``1 - 0.5``)."""
+    from fractions import Fraction
+
+    from genbab.bounds.rounding import subtract
+
+    gen = torch.Generator().manual_seed(1)
+    for dtype in (torch.float64, torch.float32):
+        v = torch.cat([torch.randn(2000, generator=gen, dtype=torch.float64) * 10.0 ** torch.randint(-20, 20, (2000,), generator=gen),
+                       torch.tensor([1.0, 0.0, 1.0, 3.0, 1e16])]).to(dtype)
+        e = torch.cat([torch.rand(2000, generator=gen, dtype=torch.float64) * 10.0 ** torch.randint(-30, 5, (2000,), generator=gen),
+                       torch.tensor([1.2e-16, 0.0, 0.5, 1e-300, 1.0])]).to(dtype)
+        r = subtract(v, e)
+        for a, b, c in zip(v.tolist(), e.tolist(), r.tolist()):
+            assert Fraction(c) <= Fraction(a) - Fraction(b), (dtype, a, b, c)
+        assert float(r[-4]) == 0.0 and float(r[-3]) == 0.5  # exact differences are not moved
