@@ -16,12 +16,11 @@ at several points of the boxes (they must agree bit for bit). Each row margin
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
 
-from genbab.attack.witness import Replayer
+from genbab.attack.witness import OnnxModel, Replayer
 from genbab.errors import SpecError
 from genbab.model.graph import ConstantOutputError
 from genbab.result import Result
@@ -29,17 +28,6 @@ from genbab.spec import Spec
 
 SLACK_REL = 2.0**-16  # relative rounding allowance on |C| |c| before trusting a positive margin
 SLACK_ABS = 2.0**-20  # absolute allowance per output (a value computed as 0 may be tiny elsewhere)
-
-
-@dataclass(frozen=True)
-class OnnxModel:
-    """What :class:`~genbab.attack.witness.Replayer` reads of a model: the ONNX bytes and input."""
-
-    onnx_bytes: bytes
-    input_name: str
-    onnx_input_shape: tuple[int, ...]
-    np_dtype: np.dtype
-    source: str = ""
 
 
 def decide(err: ConstantOutputError, spec: Spec, started: float) -> Result:

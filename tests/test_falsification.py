@@ -86,27 +86,36 @@ def test_replayer_refuses_boxes_without_a_float32_point(tmp_path) -> None:
     assert Replayer(model, spec).confirm(np.array([0.1, 0.0]), 0) is None
 
 
+def write_instance(tmp_path, name: str, nodes, inits, n_in: int, n_out: int, box: tuple[float, float],
+                   unsafe: str):
+    """``name.onnx`` (input ``x [1, n_in]``, output ``y [1, n_out]``, opset 13) and ``name.vnnlib``
+    (every input in ``box``, then the assertion ``unsafe``)."""
+    from onnx import TensorProto, helper
+    import onnx
+
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, n_in])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n_out])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path, spec = tmp_path / f"{name}.onnx", tmp_path / f"{name}.vnnlib"
+    onnx.save(model, str(path))
+    spec.write_text("".join(f"(declare-const X_{i} Real)\n(assert (>= X_{i} {box[0]}))\n(assert (<= X_{i} {box[1]}))\n"
+                            for i in range(n_in)) + "".join(f"(declare-const Y_{j} Real)\n" for j in range(n_out))
+                    + unsafe + "\n")
+    return path, spec
+
+
 def sign_window_model(tmp_path, n: int = 6):
     """``y = sum_i (sign(x_i - 0.5) - sign(x_i - 0.7))`` on ``[-1, 1]^n``: piecewise constant,
     ``y = 2n`` only when every ``x_i`` lies in ``(0.5, 0.7)`` (a 1e-6 share of the box, no corner)."""
-    from onnx import TensorProto, helper, numpy_helper
-    import onnx
+    from onnx import helper, numpy_helper
 
     nodes = [helper.make_node("Sub", ["x", "a"], ["s1"]), helper.make_node("Sign", ["s1"], ["h1"]),
              helper.make_node("Sub", ["x", "b"], ["s2"]), helper.make_node("Sign", ["s2"], ["h2"]),
              helper.make_node("Sub", ["h1", "h2"], ["h"]), helper.make_node("MatMul", ["h", "w"], ["y"])]
     inits = [numpy_helper.from_array(np.full((1, n), v, np.float32), k) for k, v in (("a", 0.5), ("b", 0.7))]
     inits.append(numpy_helper.from_array(np.ones((n, 1), np.float32), "w"))
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, n])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    path = tmp_path / "sign.onnx"
-    onnx.save(model, str(path))
-    spec = tmp_path / "p.vnnlib"
-    spec.write_text("".join(f"(declare-const X_{i} Real)\n(assert (>= X_{i} -1))\n(assert (<= X_{i} 1))\n"
-                            for i in range(n)) + f"(declare-const Y_0 Real)\n(assert (>= Y_0 {2 * n - 0.5}))\n")
-    return path, spec
+    return write_instance(tmp_path, "sign", nodes, inits, n, 1, (-1, 1), f"(assert (>= Y_0 {2 * n - 0.5}))")
 
 
 def test_piecewise_constant_network_is_falsified_without_gradients(tmp_path) -> None:
@@ -138,21 +147,12 @@ def test_search_on_onnxruntime_alone(tmp_path) -> None:
 def untranslatable_model(tmp_path, threshold: float):
     """``y = sum_i ThresholdedRelu(x_i)`` (no converter translates ThresholdedRelu; onnxruntime runs
     it) on ``[0, 2]^4`` with the unsafe set ``y >= threshold`` (max ``y`` = 8)."""
-    from onnx import TensorProto, helper, numpy_helper
-    import onnx
+    from onnx import helper, numpy_helper
 
     nodes = [helper.make_node("ThresholdedRelu", ["x"], ["h"], alpha=1.0), helper.make_node("MatMul", ["h", "w"], ["y"])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])],
-                              [numpy_helper.from_array(np.ones((4, 1), np.float32), "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    path = tmp_path / "thresholded.onnx"
-    onnx.save(model, str(path))
-    spec = tmp_path / f"p{threshold}.vnnlib"
-    spec.write_text("".join(f"(declare-const X_{i} Real)\n(assert (>= X_{i} 0))\n(assert (<= X_{i} 2))\n" for i in range(4))
-                    + f"(declare-const Y_0 Real)\n(assert (>= Y_0 {threshold}))\n")
-    return path, spec
+    inits = [numpy_helper.from_array(np.ones((4, 1), np.float32), "w")]
+    return write_instance(tmp_path, f"thresholded{threshold}", nodes, inits, 4, 1, (0, 2),
+                          f"(assert (>= Y_0 {threshold}))")
 
 
 def test_untranslatable_model_gets_the_onnxruntime_attack(tmp_path) -> None:
@@ -176,22 +176,12 @@ def argmax_model(tmp_path, threshold: float):
     """``y = float(argmax(W x))`` with rows ``x0``, ``x1``, ``(x0 + x1) / 2`` over ``[-1, 1]^2`` and the
     unsafe set ``y >= threshold``: index 1 wins where ``x1 > x0``; index 2 never (ties go first)."""
     from onnx import TensorProto, helper, numpy_helper
-    import onnx
 
     W = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]], np.float32)
     nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("ArgMax", ["h"], ["i"], axis=1, keepdims=1),
              helper.make_node("Cast", ["i"], ["y"], to=TensorProto.FLOAT)]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])],
-                              [numpy_helper.from_array(W.T.copy(), "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    path = tmp_path / "argmax.onnx"
-    onnx.save(model, str(path))
-    spec = tmp_path / f"a{threshold}.vnnlib"
-    spec.write_text("".join(f"(declare-const X_{i} Real)\n(assert (>= X_{i} -1))\n(assert (<= X_{i} 1))\n" for i in range(2))
-                    + f"(declare-const Y_0 Real)\n(assert (>= Y_0 {threshold}))\n")
-    return path, spec
+    return write_instance(tmp_path, f"argmax{threshold}", nodes, [numpy_helper.from_array(W.T.copy(), "w")], 2, 1,
+                          (-1, 1), f"(assert (>= Y_0 {threshold}))")
 
 
 def test_argmax_gated_output_gets_the_attack_and_a_clean_unknown(tmp_path) -> None:

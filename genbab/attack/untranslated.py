@@ -11,27 +11,16 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from genbab.attack.witness import OnnxModel
 from genbab.errors import SpecError
 from genbab.result import Result
 
 
-@dataclass(frozen=True)
-class OnnxOnly:
-    """What :class:`~genbab.attack.witness.Replayer` reads of a model, for an untranslated file."""
-
-    onnx_bytes: bytes
-    input_name: str
-    onnx_input_shape: tuple[int, ...]
-    np_dtype: np.dtype
-    source: str
-
-
-def onnx_only(path: str | Path) -> OnnxOnly | None:
+def onnx_only(path: str | Path) -> OnnxModel | None:
     """The file's bytes and single input, or None when onnx cannot parse it."""
     from genbab.errors import GenbabError
     from genbab.model import onnx_io
@@ -42,7 +31,7 @@ def onnx_only(path: str | Path) -> OnnxOnly | None:
         info = onnx_io.model_input(onnx_io.parse_onnx(raw, path))
     except GenbabError:
         return None
-    return OnnxOnly(raw, info.name, tuple(info.shape), np.dtype(info.dtype), str(path))
+    return OnnxModel(raw, info.name, tuple(info.shape), np.dtype(info.dtype), str(path))
 
 
 def attack_untranslated(path: str | Path, spec, error: Exception, start: float, deadline: float,

@@ -47,6 +47,18 @@ def snap_into_box(x: np.ndarray, lower: np.ndarray, upper: np.ndarray, dtype: np
     return x
 
 
+@dataclass(frozen=True)
+class OnnxModel:
+    """What :class:`Replayer` reads of a model: the ONNX bytes and input (for a model that is not
+    translated: a constant output, or one no converter reads)."""
+
+    onnx_bytes: bytes
+    input_name: str
+    onnx_input_shape: tuple[int, ...]
+    np_dtype: np.dtype
+    source: str = ""
+
+
 class Replayer:
     """Runs the original ONNX model in onnxruntime (CPU) to confirm counterexamples."""
 
