@@ -17,6 +17,7 @@ row per finished instance and a rerun skips the rows already there (``--fresh`` 
     python benchmarks/vs_abcrown.py                          # all 65 rows (about 1 h 30 at most)
     python benchmarks/vs_abcrown.py --benchmark lsnc --out /tmp/lsnc.csv
     python benchmarks/vs_abcrown.py --match quadrotor2d_state --genbab /path/to/other/genbab
+    python benchmarks/vs_abcrown.py --instances --benchmark lsnc --out /tmp/lsnc40.csv   # all 40, own timeouts
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = Path(os.environ.get("GENBAB_BENCHMARKS", ROOT.parent / "shared" / "benchmarks"))
 GENBAB = ROOT / ".venv" / "bin" / "genbab"
 FIELDS = ("benchmark", "onnx", "vnnlib", "timeout_s", "expected", "abcrown", "abcrown_wall_s", "abcrown_domains",
-          "genbab", "genbab_wall_s", "genbab_domains")
+          "genbab", "genbab_wall_s", "genbab_domains", "abcrown_published")
 
 
 def rows(benchmarks: Path) -> list[dict]:
@@ -56,6 +57,31 @@ def rows(benchmarks: Path) -> list[dict]:
                         "expected": consensus.get((bench, row["onnx"], row["vnnlib"]), "unknown"),
                         "abcrown": row["result"], "abcrown_wall_s": float(row["wall_s"]),
                         "abcrown_domains": row.get("domains", "")})
+    return out
+
+
+def suite_rows(benchmarks: Path, names: list[str]) -> list[dict]:
+    """Every instance of ``instances.csv`` of the benchmarks ``names``, at its own timeout.
+
+    alpha-beta-CROWN's CPU columns are filled where ``abcrown_cpu.csv`` has the same instance
+    (``-`` elsewhere); ``abcrown_published`` is its VNN-COMP result (GPU) from ``reference.csv``."""
+    cpu = {(r["benchmark"], r["onnx"], r["vnnlib"]): r for r in rows(benchmarks)}
+    out = []
+    for bench in names:
+        folder = benchmarks / bench
+        ref = {}
+        if (folder / "reference.csv").exists():
+            with open(folder / "reference.csv") as fh:
+                ref = {(r["onnx"], r["vnnlib"]): r for r in csv.DictReader(fh)}
+        with open(folder / "instances.csv") as fh:
+            for onnx, vnnlib, timeout in csv.reader(fh):
+                known = ref.get((onnx, vnnlib), {})
+                mine = cpu.get((bench, onnx, vnnlib), {})
+                out.append({"benchmark": bench, "onnx": onnx, "vnnlib": vnnlib, "timeout_s": float(timeout),
+                            "expected": known.get("consensus") or "unknown",
+                            "abcrown": mine.get("abcrown", "-"), "abcrown_wall_s": mine.get("abcrown_wall_s", float("nan")),
+                            "abcrown_domains": mine.get("abcrown_domains", ""),
+                            "abcrown_published": known.get("abcrown_result") or "-"})
     return out
 
 
@@ -87,6 +113,9 @@ def summary(done: list[dict]) -> str:
     lines = ["| benchmark | instances | alpha-beta-CROWN solved | genbab solved | wrong (abcrown / genbab) "
              "| both solved: median wall abcrown / genbab | genbab only | abcrown only |",
              "|---|---|---|---|---|---|---|---|"]
+    if any(r.get("abcrown_published") for r in done):  # --instances: its VNN-COMP (GPU) verdicts too
+        lines[0] += " alpha-beta-CROWN VNN-COMP (GPU) solved |"
+        lines[1] += "---|"
     groups = sorted({r["benchmark"] for r in done}) + ["all"]
     for bench in groups:
         rs = [r for r in done if bench in ("all", r["benchmark"])]
@@ -98,7 +127,9 @@ def summary(done: list[dict]) -> str:
         lines.append(f"| {'**all**' if bench == 'all' else bench} | {len(rs)} | {sum(a)} | {sum(g)} | "
                      f"{sum(wrong(r['abcrown'], r['expected']) for r in rs)} / "
                      f"{sum(wrong(r['genbab'], r['expected']) for r in rs)} | {med} | "
-                     f"{sum(y and not x for x, y in zip(a, g))} | {sum(x and not y for x, y in zip(a, g))} |")
+                     f"{sum(y and not x for x, y in zip(a, g))} | {sum(x and not y for x, y in zip(a, g))} |"
+                     + (f" {sum(solved(r.get('abcrown_published') or '-', r['expected']) for r in rs)} |"
+                        if lines[0].endswith("(GPU) solved |") else ""))
     return "\n".join(lines)
 
 
@@ -110,8 +141,14 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="CSV of finished rows; a rerun resumes from it")
     ap.add_argument("--fresh", action="store_true", help="ignore the rows already in --out")
     ap.add_argument("--flag", action="append", default=[], help="extra option for genbab verify (repeatable)")
+    ap.add_argument("--instances", action="store_true",
+                    help="every instance of the --benchmark folders' instances.csv at its own timeout, not only "
+                         "the abcrown_cpu.csv rows (alpha-beta-CROWN's CPU figures where that file has the row)")
     args = ap.parse_args()
-    todo = [r for r in rows(BENCHMARKS) if (not args.benchmark or r["benchmark"] in args.benchmark)
+    if args.instances and not args.benchmark:
+        ap.error("--instances needs --benchmark")
+    every = suite_rows(BENCHMARKS, args.benchmark) if args.instances else rows(BENCHMARKS)
+    todo = [r for r in every if (not args.benchmark or r["benchmark"] in args.benchmark)
             and (not args.match or args.match in r["vnnlib"] or args.match in r["onnx"])]
     done: list[dict] = []
     if args.out and args.out.exists() and not args.fresh:
@@ -140,7 +177,7 @@ def main() -> None:
                 csv.DictWriter(fh, FIELDS).writerow(row)
         name = f"{row['benchmark']}/{Path(row['vnnlib']).name.split('.vnnlib')[0]}"[:58]
         flag = "  WRONG" if wrong(row["genbab"], row["expected"]) else ""
-        print(f"{name:58} {row['expected']:8} {row['abcrown']:>8} {row['abcrown_wall_s']:7.1f} {row['genbab']:>8} "
+        print(f"{name:58} {row['expected']:8} {row['abcrown']:>8} {float(row['abcrown_wall_s']):7.1f} {row['genbab']:>8} "
               f"{row['genbab_wall_s']:7.1f} {row['genbab_domains']!s:>9}{flag}", flush=True)
     print()
     print(summary(done))
