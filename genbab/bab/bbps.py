@@ -164,9 +164,7 @@ def product_node_scores(engine: BoundEngine, reader: Node, split_x: bool, shortc
     ``shortcuts``: ``(x's, y's)``; ``lam``: ``[D, n]`` coefficient of the best row at the product;
     ``bounds_x`` / ``bounds_y``: ``[D, n]`` factor bounds; ``points``: ``[D, n]`` in the split factor.
     With ``top_k`` only the ``top_k`` neurons of highest cheap upper bound are scored exactly."""
-    from genbab.ops.bilinear import PRODUCT_OPS
-
-    relax = PRODUCT_OPS[reader.op_type].relax
+    relax = engine.rules[reader.name].product.relax
     lam_p, lam_n = lam.clamp(min=0), lam.clamp(max=0)
     sx, sy = shortcuts
 

@@ -121,7 +121,7 @@ def _read(key: str, folder: Path) -> Table1D | ProductTable | None:
     if not path.is_file():
         return None
     with np.load(path) as z:
-        if key == PRODUCT_KEY:
+        if "rho_step" in z.files:  # a product table (cells of the two factors' rho)
             return ProductTable(float(z["rho_step"]), int(z["n"]), int(z["t_den"]),
                                 torch.from_numpy(z["split_y"].astype(bool)),
                                 torch.from_numpy(z["t_code"].astype(np.int32)))
@@ -167,14 +167,12 @@ def table_meta(key: str, folder: Path | None = None) -> dict:
 # ----------------------------------------------------------------------------- 1-D ops
 
 
-def table_key(op) -> str:
-    """Table name of an op: its registry name, ``Gelu_tanh`` for the tanh-form GeLU;
-    a plain string is taken as the key itself."""
+def table_key(op) -> str | None:
+    """Table name of an op: the ``table`` its registry traits name (``Gelu_tanh`` for the
+    tanh-form GeLU; None: it has none); a plain string is taken as the key itself."""
     if isinstance(op, str):
         return op
-    if op.name == "Gelu" and op.attrs.get("approximate", "none") == "tanh":
-        return "Gelu_tanh"
-    return op.name
+    return op.traits.table
 
 
 def _traits(op):
@@ -239,8 +237,9 @@ def split_point(op, lo: Tensor, hi: Tensor, mode: str | None = None) -> Tensor:
     if traits is not None and traits.kind == "piecewise_linear" and traits.split_point is not None:
         kink = torch.full_like(fb, traits.split_point)
         return torch.where((lo < kink) & (kink < hi), kink, fb)
-    if mode == "opt":
-        table = load_table(table_key(op))
+    key = table_key(op)
+    if mode == "opt" and key is not None:
+        table = load_table(key)
         if isinstance(table, Table1D) and lo.numel():
             t, ok = _table_fraction(table, lo, hi)
             point = torch.where(ok, lo + t * (hi - lo), fb)
@@ -266,7 +265,7 @@ def _rho_index(l: Tensor, u: Tensor, table: ProductTable) -> Tensor:
     return torch.round((rho + 1.0) / table.step).clamp(0, table.n - 1).long()
 
 
-def product_split(lx: Tensor, ux: Tensor, ly: Tensor, uy: Tensor, mode: str | None = None
+def product_split(lx: Tensor, ux: Tensor, ly: Tensor, uy: Tensor, mode: str | None = None, key: str = PRODUCT_KEY
                   ) -> tuple[Tensor, Tensor]:
     """``(split_x, point)`` for ``z = x y`` on the box ``[lx, ux] x [ly, uy]`` (broadcast).
 
@@ -278,7 +277,7 @@ def product_split(lx: Tensor, ux: Tensor, ly: Tensor, uy: Tensor, mode: str | No
     lx, ux, ly, uy = torch.broadcast_tensors(*(t.to(F64) for t in (lx, ux, ly, uy)))
     split_x = _uniform_product(lx, ux, ly, uy)
     t = torch.full_like(lx, 0.5)
-    table = load_table(PRODUCT_KEY) if mode == "opt" else None
+    table = load_table(key) if mode == "opt" and key is not None else None
     if isinstance(table, ProductTable) and lx.numel():
         sy, tt = table.on(lx.device)
         ix, iy = _rho_index(lx, ux, table), _rho_index(ly, uy, table)
@@ -295,15 +294,17 @@ def product_split(lx: Tensor, ux: Tensor, ly: Tensor, uy: Tensor, mode: str | No
     return split_x, _inside(point, lo, hi, fb)
 
 
-def factor_split_point(lx: Tensor, ux: Tensor, ly: Tensor, uy: Tensor, mode: str | None = None) -> Tensor:
+def factor_split_point(lx: Tensor, ux: Tensor, ly: Tensor, uy: Tensor, mode: str | None = None,
+                       key: str = PRODUCT_KEY) -> Tensor:
     """Float64 points to split the factor ``x`` of ``z = x y`` on ``[lx, ux] x [ly, uy]`` (broadcast):
     ``lx + t (ux - lx)`` with the product table's fraction ``t`` where the table (``opt``) picks
     ``x`` for the box's cell, the midpoint elsewhere (and in ``uniform`` mode). Strictly inside
-    ``(lx, ux)`` where such a float64 exists; infinite ends as :func:`fallback_point`."""
+    ``(lx, ux)`` where such a float64 exists; infinite ends as :func:`fallback_point`. ``key``: the
+    product table (the product op's ``table`` trait)."""
     mode = _mode(mode)
     lx, ux, ly, uy = torch.broadcast_tensors(*(t.to(F64) for t in (lx, ux, ly, uy)))
     fb = fallback_point(lx, ux)
-    table = load_table(PRODUCT_KEY) if mode == "opt" else None
+    table = load_table(key) if mode == "opt" and key is not None else None
     if not isinstance(table, ProductTable) or not lx.numel():
         return _inside(fb, lx, ux, fb)
     sy, tt = table.on(lx.device)

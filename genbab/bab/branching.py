@@ -47,7 +47,7 @@ from genbab.bounds.box import Box
 from genbab.bounds.engine import BoundEngine, Bounds
 from genbab.bounds.nonlinear import bilinear_backward, matmul_backward
 from genbab.model.graph import Node
-from genbab.ops.bilinear import PRODUCT_OPS, product_gap
+from genbab.ops.bilinear import product_gap
 
 GAP_CAP = 1e30
 BBPS_TOP_K = 16  # per node and domain, neurons scored exactly by BBPS (chosen by a cheap upper bound)
@@ -65,6 +65,15 @@ def consumers(engine: BoundEngine, candidates: list[str]) -> dict[str, list[Node
     return out
 
 
+def splits_reader(engine: BoundEngine, node: Node) -> bool:
+    """Whether branch and bound may split the inputs of the nonlinear ``node`` (its op's
+    ``splittable`` trait: elementwise ops and products)."""
+    rule = engine.rules[node.name]
+    if rule.kind == "elementwise":
+        return rule.op.traits.splittable
+    return rule.kind == "bilinear" and rule.product.splittable
+
+
 def elementwise_gap(engine: BoundEngine, node: Node, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
     """Largest vertical distance between the upper and lower line of ``node`` on ``[lo, hi]``."""
     lines = engine.relax(engine.rules[node.name].op, lo, hi)
@@ -78,7 +87,7 @@ def product_factor_scores(engine: BoundEngine, node: Node, name: str, bounds: Bo
     """``[D, n]`` score ``sum_p |Lambda_p| g_p / 2`` of each neuron of ``name`` as a factor of the
     product ``node`` (module docstring); ``lam``: ``[D, *out]`` coefficient of the best row at ``z``."""
     lx, ux, ly, uy, ix, iy = engine.bilinear_operands(node, bounds)
-    product = PRODUCT_OPS[node.op_type]
+    product = engine.rules[node.name].product
     operands = product.expand(lx, ux, ly, uy)
     gap = product_gap(product.relax(*operands), *operands)
     gap = (gap.nan_to_num(nan=GAP_CAP, posinf=GAP_CAP).clamp(min=0, max=GAP_CAP) / 2).to(lam.dtype).unsqueeze(1)
@@ -104,7 +113,7 @@ def monotone_products(engine: BoundEngine, node_readers: list[Node],
         rule = engine.rules[h.name]
         if rule.kind != "elementwise" or rule.op.traits.monotone is None or h.name not in readers:
             continue
-        prods = [p for p in readers[h.name] if engine.rules[p.name].kind == "bilinear" and p.op_type in PRODUCT_OPS]
+        prods = [p for p in readers[h.name] if engine.rules[p.name].product is not None and splits_reader(engine, p)]
         if prods and engine.shapes[h.name] == engine.shapes[h.inputs[0]]:
             out.append((h, prods))
     return out
@@ -144,10 +153,12 @@ def neuron_scores(engine: BoundEngine, name: str, readers: list[Node], bounds: B
         kind = engine.rules[node.name].kind
         if A is None:
             continue
+        if not splits_reader(engine, node):
+            continue
         if kind == "elementwise":
             lam = A[torch.arange(D, device=A.device), best_row].reshape(D, -1).abs()
             score = score + lam * elementwise_gap(engine, node, lo, hi).reshape(D, -1)
-        elif kind == "bilinear" and products and node.op_type in PRODUCT_OPS:
+        elif kind == "bilinear" and products:
             lam = A[torch.arange(D, device=A.device), best_row]
             score = score + product_factor_scores(engine, node, name, bounds, lam)
     score = score + _passed_on(engine, via if products else (), bounds, record, best_row, D, score)
@@ -193,14 +204,15 @@ def split_points(engine: BoundEngine, readers: list[Node], lo: torch.Tensor, hi:
         other = [i for i in node.inputs[:2] if i != name]
         if len(other) == 1:  # x * y with x = name (x * x keeps the midpoint)
             lo_y, hi_y = (b.reshape(lo.shape) for b in bounds[other[0]])
-            return factor_split_point(lo, hi, lo_y, hi_y, mode=mode).to(lo.dtype)
+            return factor_split_point(lo, hi, lo_y, hi_y, mode=mode,
+                                      key=engine.rules[node.name].product.table).to(lo.dtype)
     return (lo + hi) / 2
 
 
 def _elementwise_product(engine: BoundEngine, node: Node) -> bool:
     """A product without contraction (``Mul``) whose factors and output all have one shape."""
-    if (engine.rules[node.name].kind != "bilinear" or node.op_type not in PRODUCT_OPS
-            or PRODUCT_OPS[node.op_type].contraction or len(node.inputs) != 2):
+    product = engine.rules[node.name].product
+    if product is None or product.contraction or len(node.inputs) != 2:
         return False
     return engine.shapes[node.inputs[0]] == engine.shapes[node.inputs[1]] == engine.shapes[node.name]
 

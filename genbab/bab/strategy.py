@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from genbab.bab.bbps import root_shortcuts
+from genbab.bab.branching import consumers, splits_reader
 from genbab.bab.domains import DomainBatch
 from genbab.bounds import rounding
 
@@ -74,7 +75,10 @@ class ActivationSplitting:
     input_mode = False
 
     def candidates(self, engine) -> list[str]:
-        return sorted(n for n in engine.needs_bounds if n != engine.graph.input_name)
+        """The inputs of nonlinear nodes whose op may be split (``splittable`` trait)."""
+        names = sorted(n for n in engine.needs_bounds if n != engine.graph.input_name)
+        readers = consumers(engine, names)
+        return [n for n in names if any(splits_reader(engine, r) for r in readers[n])]
 
     def alpha_iterations(self, config) -> int:
         return config.alpha_iterations

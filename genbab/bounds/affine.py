@@ -17,46 +17,28 @@ import torch
 
 from genbab.bounds.rounding import broadcast_shape
 from genbab.model.graph import InputRef, Node
+from genbab.ops.registry import affine_traits
 
-INCREASING = frozenset({
-    "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Concat", "Slice", "Gather", "Split",
-    "Expand", "Tile", "Identity", "Dropout", "Upsample", "Resize", "Where", "Cast", "Add", "Sum",
-    "ReduceSum", "ReduceMean", "AveragePool", "GlobalAveragePool", "Pad", "CumSum",
-})
-# Ops in INCREASING only for some attribute values: interpolation is a positive combination of
-# inputs in nearest and (bi/tri)linear modes, but cubic weights are negative at the ends (still
-# linear, so the general Jacobian rule serves it).
-# How an affine node's arithmetic rounds (genbab.bounds.rounding): pure data movement computes its
-# image and its backward step (a permutation, selection or zero fill of coefficients) exactly; an
-# elementwise op over inputs broadcast to its output rounds a few times per element (forward) and
-# its backward sums over each input's broadcast copies. Everything else: any sum over all inputs.
-EXACT_ARITHMETIC = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Dropout",
-                              "Slice", "Concat", "Split", "Neg", "Simplex"})
-ELEMENTWISE_ARITHMETIC = frozenset({"Add", "Sub", "Mul", "Div", "Sum", "Cast", "BatchNormalization"})
+# How an affine node's arithmetic rounds (genbab.bounds.rounding) is its ``rounding`` trait
+# (genbab.ops.registry.AffineTraits): pure data movement computes its image and its backward step
+# (a permutation, selection or zero fill of coefficients) exactly; an elementwise op over inputs
+# broadcast to its output rounds a few times per element (forward) and its backward sums over each
+# input's broadcast copies. Everything else: any sum over all inputs.
 
 
 def rounding_terms(node: Node, input_shapes: list[tuple[int, ...]], out_shape: tuple[int, ...]) -> tuple[int, int]:
     """``(forward, backward)``: bounds on the number of rounded operations behind one output value
     of the node's interval image, and behind one input coefficient of its backward step (the
     ``n`` of ``gamma_n``); ``(0, 0)`` for exact data movement."""
-    if node.op_type in EXACT_ARITHMETIC:
+    kind = affine_traits(node.op_type).rounding
+    if kind == "exact":
         return 0, 0
     out_n = math.prod(out_shape)
     sizes = [math.prod(s) for s in input_shapes]
-    if node.op_type in ELEMENTWISE_ARITHMETIC and all(
+    if kind == "elementwise" and all(
             broadcast_shape(s, out_shape) == tuple(out_shape) for s in input_shapes):
         return len(sizes) + 8, max(out_n // max(1, n) for n in sizes) + 8
     return sum(sizes) + 4, out_n + 4
-
-
-INCREASING_WHEN = {
-    "Resize": lambda attrs: _text(attrs.get("mode", "nearest")) in ("nearest", "linear"),
-    "Upsample": lambda attrs: _text(attrs.get("mode", "nearest")) in ("nearest", "linear", "bilinear"),
-}
-
-
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class AffineMap:
@@ -122,15 +104,10 @@ class AffineMap:
 
     def interval(self, lows: list[torch.Tensor], highs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Interval image for batched input intervals ``[B, *in_i]`` -> ``[B, *out]``."""
-        if self.node.op_type == "SoftmaxDiff":  # D_ij = x_j - x_i: [l_j - u_i, u_j - l_i], D_ii = 0
-            (lo,), (hi,) = lows, highs
-            d_lo, d_hi = lo.unsqueeze(-2) - hi.unsqueeze(-1), hi.unsqueeze(-2) - lo.unsqueeze(-1)
-            d_lo.diagonal(dim1=-2, dim2=-1).zero_()
-            d_hi.diagonal(dim1=-2, dim2=-1).zero_()
-            return d_lo, d_hi
-        if self.node.op_type == "Center":
-            return center_interval(self.node, self._batched, lows[0], highs[0])
-        if self.node.op_type == "Simplex":  # values in [0, 1]: exact clamps
+        traits = affine_traits(self.node.op_type)
+        if traits.interval is not None:
+            return INTERVALS[traits.interval](self.node, self._batched, lows[0], highs[0])
+        if traits.sums_to_one:  # values in [0, 1]: exact clamps
             return lows[0].clamp(min=0.0), highs[0].clamp(max=1.0)
         signs = monotone_signs(self.node)
         if signs is not None:
@@ -171,7 +148,6 @@ def huge(dtype: torch.dtype) -> float:
     """The finite stand-in for an infinite bound: ``HUGE`` in float64, ``1e-8`` of the largest
     finite value in narrower dtypes (so ``hi - lo`` and the centre stay finite)."""
     return min(HUGE, torch.finfo(dtype).max * 1e-8)
-RESHAPES = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout"})
 CONV_TYPES = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d,
               torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)
 
@@ -180,13 +156,11 @@ CONV_TYPES = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d
 # Each rule maps ``A`` ``[B, S, *out]`` to the coefficient(s) ``A L_i`` directly. A rule is only
 # used after it reproduced the autograd VJP on random rows (see :func:`fast_rule`).
 
-DIAGONAL = frozenset({"BatchNormalization", "Mul", "Div", "Add", "Sub", "Neg", "Identity", "Dropout"})
-
-
 def fast_rule(node: Node, input_shapes: list[tuple[int, ...]], affine: "AffineMap"):
-    """The first matching direct rule for ``node``, checked against autograd; None for the general path."""
-    for make in (_linear_rule, _reshape_rule, _transpose_rule, _softmax_diff_rule, _center_rule, _reduce_rule,
-                 _diagonal_rule, _sum_rule, _matmul_const_rule):
+    """The first of the node's direct rules (its ``backward`` trait) that reads its form, checked
+    against autograd; None for the general path."""
+    for name in affine_traits(node.op_type).backward:
+        make = FAST_RULES[name]
         try:
             rule = make(node, input_shapes, affine)
         except Exception:  # a rule that cannot read this node's form does not apply
@@ -228,14 +202,14 @@ def _linear_rule(node, shapes, affine):
 
 def _reshape_rule(node, shapes, affine):
     """Pure reshapes keep the element order: the coefficients are ``A`` reshaped."""
-    if len(node.inputs) == 1 and node.op_type in RESHAPES:
+    if len(node.inputs) == 1:
         return lambda A: [A.reshape(*_lead(A), *shapes[0])]
     return None
 
 
 def _transpose_rule(node, shapes, affine):
     """``y = x.permute(p)``: ``A`` permuted by the inverse of ``p``."""
-    if len(node.inputs) != 1 or node.op_type != "Transpose":
+    if len(node.inputs) != 1:
         return None
     perm = getattr(node.module, "perm", None) or node.attrs.get("perm") or list(range(len(shapes[0])))[::-1]
     inverse = [list(perm).index(axis) for axis in range(len(perm))]
@@ -244,14 +218,14 @@ def _transpose_rule(node, shapes, affine):
 
 def _softmax_diff_rule(node, shapes, affine):
     """``D_ij = x_j - x_i``: ``sum_ij A_ij D_ij = sum_k x_k (sum_i A_ik - sum_j A_kj)``."""
-    if node.op_type == "SoftmaxDiff" and len(node.inputs) == 1:
+    if len(node.inputs) == 1:
         return lambda A: [A.sum(-2) - A.sum(-1)]
     return None
 
 
 def _center_rule(node, shapes, affine):
     """``c = x - mean(x)`` has the symmetric Jacobian ``I - 11^T / n``: ``A - mean(A)``."""
-    if node.op_type == "Center" and len(node.inputs) == 1:
+    if len(node.inputs) == 1:
         axes = [2 + a for a in node.module.axes]
         return lambda A: [A - A.mean(dim=axes, keepdim=True)]
     return None
@@ -268,16 +242,15 @@ def center_interval(node: Node, batched, lo: torch.Tensor, hi: torch.Tensor) -> 
     return mid - rad, mid + rad
 
 
-def _reduce_rule(node, shapes, affine):
-    """Sum (mean) over ``axes``: ``A`` broadcast back over the reduced axes (divided by their size)."""
-    if len(node.inputs) != 1 or node.op_type not in ("ReduceSum", "ReduceMean"):
+def _reduce_rule(node, shapes, affine, mean: bool = False):
+    """Sum (``mean``: mean) over ``axes``: ``A`` broadcast back over the reduced axes (divided by their size)."""
+    if len(node.inputs) != 1:
         return None
     axes, keepdims = reduce_axes(node, len(shapes[0]))
     if axes is None:
         return None
     in_shape = shapes[0]
     count = math.prod(in_shape[a] for a in axes)
-    mean = node.op_type == "ReduceMean"
 
     def rule(A):
         if not keepdims:
@@ -286,6 +259,19 @@ def _reduce_rule(node, shapes, affine):
         A = A.expand(*_lead(A), *in_shape)
         return [A / count if mean else A]
     return rule
+
+
+def pairwise_difference_interval(node: Node, batched, lo: torch.Tensor, hi: torch.Tensor
+                                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact interval of ``D_ij = x_j - x_i`` over a box: ``[l_j - u_i, u_j - l_i]``, ``D_ii = 0``."""
+    d_lo, d_hi = lo.unsqueeze(-2) - hi.unsqueeze(-1), hi.unsqueeze(-2) - lo.unsqueeze(-1)
+    d_lo.diagonal(dim1=-2, dim2=-1).zero_()
+    d_hi.diagonal(dim1=-2, dim2=-1).zero_()
+    return d_lo, d_hi
+
+
+INTERVALS = {"pairwise_difference": pairwise_difference_interval, "center": center_interval}
+"""Exact interval images named by the ``interval`` trait: ``(node, batched forward, lo, hi) -> (lo, hi)``."""
 
 
 def reduce_axes(node: Node, rank: int) -> tuple[list[int] | None, bool]:
@@ -302,7 +288,7 @@ def reduce_axes(node: Node, rank: int) -> tuple[list[int] | None, bool]:
 
 def _diagonal_rule(node, shapes, affine):
     """Elementwise affine maps of one input (BatchNorm, scaling, shifts): ``A * diag(L)``."""
-    if len(node.inputs) != 1 or node.op_type not in DIAGONAL or tuple(shapes[0]) != tuple(affine.const.shape):
+    if len(node.inputs) != 1 or tuple(shapes[0]) != tuple(affine.const.shape):
         return None
     ones = torch.ones(1, 1, *affine.const.shape, dtype=affine.const.dtype, device=affine.const.device)
     diag = affine.vjp_rows(ones)[0][0, 0].detach()
@@ -314,9 +300,10 @@ def _diagonal_rule(node, shapes, affine):
 def _sum_rule(node, shapes, affine):
     """``Add``/``Sub`` of distinct dependent inputs: ``+-A`` summed over each input's broadcast axes."""
     refs = [a for a in node.args[:2] if isinstance(a, InputRef)]
-    if node.op_type not in ("Add", "Sub") or len(refs) != 2 or len(node.inputs) != 2 or refs[0] == refs[1]:
+    if len(refs) != 2 or len(node.inputs) != 2 or refs[0] == refs[1]:
         return None
-    signs = {refs[0].index: 1.0, refs[1].index: -1.0 if node.op_type == "Sub" else 1.0}
+    by_position = affine_traits(node.op_type).signs or (1,)
+    signs = {refs[0].index: float(by_position[0]), refs[1].index: float(by_position[min(1, len(by_position) - 1)])}
     out_rank = affine.const.dim()
 
     def rule(A):
@@ -331,7 +318,7 @@ def _sum_rule(node, shapes, affine):
 
 def _matmul_const_rule(node, shapes, affine):
     """``x @ W`` -> ``A W^T``; ``W @ x`` -> ``W^T A`` (``A W`` for a vector ``x``); ``W`` a constant matrix."""
-    if node.op_type != "MatMul" or len(node.inputs) != 1 or len(node.args) != 2:
+    if len(node.inputs) != 1 or len(node.args) != 2:
         return None
     (first, second), rank = node.args, len(shapes[0])
     if isinstance(first, InputRef) and isinstance(second, torch.Tensor) and second.dim() == 2:
@@ -344,6 +331,16 @@ def _matmul_const_rule(node, shapes, affine):
         weight_t = weight.T
         return lambda A: [weight_t @ A]
     return None
+
+
+FAST_RULES = {
+    "linear": _linear_rule, "reshape": _reshape_rule, "transpose": _transpose_rule,
+    "pairwise_difference": _softmax_diff_rule, "center": _center_rule, "reduce_sum": _reduce_rule,
+    "reduce_mean": lambda node, shapes, affine: _reduce_rule(node, shapes, affine, mean=True),
+    "diagonal": _diagonal_rule, "sum": _sum_rule, "matmul_const": _matmul_const_rule,
+}
+"""Direct backward rules named by the ``backward`` trait: ``(node, input shapes, AffineMap)`` -> a
+function ``A -> [A L_i]``, or None when the rule cannot read the node's form."""
 
 
 def simplex_backward(A: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -374,7 +371,7 @@ def abs_copy(node: Node):
     if len(node.inputs) != 1:
         return None
     module = node.module
-    if node.op_type in ("MatMul", "Mul", "Div"):
+    if affine_traits(node.op_type).constant_factor:
         args = tuple(a.abs() if isinstance(a, torch.Tensor) else a for a in node.args)
         return lambda r: module(*[r if isinstance(a, InputRef) else a for a in args])
     if isinstance(module, CONV_TYPES):
@@ -399,17 +396,16 @@ def _clone(module: torch.nn.Module) -> torch.nn.Module:
 
 
 def monotone_signs(node: Node) -> list[int] | None:
-    """+1/-1 per input when the node is increasing/decreasing in it, None when not monotone."""
-    if node.op_type in INCREASING and INCREASING_WHEN.get(node.op_type, lambda attrs: True)(node.attrs):
-        return [1] * len(node.inputs)
-    if node.op_type == "Neg":
-        return [-1]
-    if node.op_type == "Sub":
-        signs: dict[int, int] = {}
-        for position, arg in enumerate(node.args[:2]):
-            if isinstance(arg, InputRef):
-                sign = 1 if position == 0 else -1
-                if signs.setdefault(arg.index, sign) != sign:
-                    return None
-        return [signs[i] for i in range(len(node.inputs))]
-    return None
+    """+1/-1 per input when the node is increasing/decreasing in it (its ``signs`` trait, by
+    argument position), None when not monotone (or an input sits at positions of both signs)."""
+    traits = affine_traits(node.op_type)
+    if traits.signs is None or (traits.monotone_when is not None and not traits.monotone_when(node.attrs)):
+        return None
+    if len(set(traits.signs)) == 1:  # the same sign at every position
+        return [traits.signs[0]] * len(node.inputs)
+    signs: dict[int, int] = {}
+    for position, arg in enumerate(node.args[:len(traits.signs)]):
+        if isinstance(arg, InputRef):
+            if signs.setdefault(arg.index, traits.signs[position]) != traits.signs[position]:
+                return None
+    return [signs[i] for i in range(len(node.inputs))]

@@ -22,7 +22,6 @@ from genbab.bounds import rounding
 
 from genbab.bounds.box import Box
 from genbab.bounds.engine import BoundEngine, Bounds, Params
-from genbab.ops.bilinear import PRODUCT_OPS
 
 
 @dataclass(frozen=True)
@@ -47,10 +46,10 @@ def relaxer(engine: BoundEngine, node, bounds: Bounds, products: bool = True):
     bounds ``[B, 1, ...]`` its relaxation reads (elementwise: ``(lo, hi)`` of the input; a
     product: the expanded ``(lx, ux, ly, uy)`` of its two factors)."""
     rule = engine.rules[node.name]
-    if rule.kind == "elementwise" and rule.op.traits.param_names:
+    if rule.kind == "elementwise" and rule.op.traits.optimisable:
         return rule.op, tuple(b.unsqueeze(1) for b in bounds[node.inputs[0]])
-    if products and rule.kind == "bilinear" and node.op_type in PRODUCT_OPS:
-        op = PRODUCT_OPS[node.op_type]
+    if products and rule.kind == "bilinear" and rule.product.optimisable:
+        op = rule.product
         lx, ux, ly, uy = engine.bilinear_operands(node, bounds)[:4]
         return op, op.expand(*(b.unsqueeze(1) for b in (lx, ux, ly, uy)))
     return None
@@ -61,12 +60,12 @@ def param_elements(engine: BoundEngine, before: int | None = None, products: boo
     total = 0
     for node in engine.nodes[:before]:
         rule = engine.rules[node.name]
-        if rule.kind == "elementwise" and rule.op.traits.param_names:
+        if rule.kind == "elementwise" and rule.op.traits.optimisable:
             total += math.prod(engine.shapes[node.inputs[0]])
-        elif products and rule.kind == "bilinear" and node.op_type in PRODUCT_OPS:
+        elif products and rule.kind == "bilinear" and rule.product.optimisable:
             ix, iy = engine.bilinear_operands(node, {i: (None, None) for i in node.inputs})[4:]
             x, y = (torch.empty((1, *engine.shapes[node.inputs[i]]), device="meta") for i in (ix, iy))
-            total += math.prod(torch.broadcast_shapes(*(t.shape for t in PRODUCT_OPS[node.op_type].expand(x, x, y, y))))
+            total += math.prod(torch.broadcast_shapes(*(t.shape for t in rule.product.expand(x, x, y, y))))
     return total
 
 

@@ -36,7 +36,6 @@ from genbab.bounds.nonlinear import (bilinear_backward, elementwise_backward, ma
                                      matmul_interval, product_interval)
 from genbab.model.graph import Graph, InputRef, Node
 from genbab.model.simplify import simplify_for_bounds
-from genbab.ops.bilinear import PRODUCT_OPS
 from genbab.ops.registry import NodeRule, rule_for
 from genbab.ops.relaxation import Relaxation
 
@@ -144,7 +143,8 @@ class BoundEngine:
         widest = [math.prod(self.shapes[n]) for n in names] + [math.prod(self.shapes[self.graph.input_name])]
         for n in names:
             node = self.nodes[self.index[n]]
-            if node.op_type == "MatMul" and self.rules[n].kind == "bilinear":
+            product = self.rules[n].product
+            if product is not None and product.contraction:
                 widest.append(math.prod(self.shapes[n]) * self.shapes[node.inputs[0]][-1])
         return max(widest)
 
@@ -165,8 +165,7 @@ class BoundEngine:
         rule = self.rules[node.name]
         if rule.kind == "elementwise":
             return rule.op.traits.monotone is not None
-        return rule.kind == "affine" and node.op_type in ("Reshape", "Flatten", "Squeeze", "Unsqueeze",
-                                                           "Identity", "Dropout", "Transpose")
+        return rule.kind == "affine" and rule.affine.one_to_one
 
     def affine(self, node: Node) -> AffineMap:
         if node.name not in self._affine:
@@ -207,7 +206,7 @@ class BoundEngine:
                 return lo, hi
             n = math.prod(self.shapes[node.name])
             g, tiny = rounding.gamma(forward + 4, lo.dtype), rounding.tiny_term(n, lo.dtype)
-            signs = monotone_signs(node) if node.op_type not in ("SoftmaxDiff", "Center") else None
+            signs = monotone_signs(node)
             if signs is None:  # centre/radius: its error scales with every input's magnitude
                 v = self.affine_magnitude(node, [(l_, h_) for l_, h_ in zip(lows, highs)])
                 return rounding.widen(lo, hi, g * v + tiny)
@@ -222,7 +221,7 @@ class BoundEngine:
             return rule.op.interval(lo, hi)  # the op's own interval is rounded outward
         lx, ux, ly, uy, _, _ = self.bilinear_operands(node, bounds)
         mx, my = rounding.magnitude(lx, ux), rounding.magnitude(ly, uy)
-        if node.op_type == "MatMul":
+        if rule.product.contraction:
             lo, hi = matmul_interval(lx, ux, ly, uy)
             slack = rounding.gamma(mx.shape[-1] + 2, lo.dtype) * (mx @ my)
         else:
@@ -582,7 +581,8 @@ class BoundEngine:
 
     def _zero_bias(self, node: Node) -> bool:
         """An affine node whose constant part is zero adds no bias (and no rounding of one)."""
-        return (self.rules[node.name].kind == "affine" and node.op_type != "Simplex"  # Simplex: the shift's sum
+        rule = self.rules[node.name]
+        return (rule.kind == "affine" and not rule.affine.sums_to_one  # values summing to 1: the shift's sum
                 and self.affine(node)._const_zero)
 
     def _sum_error(self, name: str, coeff: torch.Tensor, bounds: Bounds) -> torch.Tensor:
@@ -596,7 +596,7 @@ class BoundEngine:
         ``[B, S]`` of the step's rounding error (:mod:`genbab.bounds.rounding`)."""
         rule = self.rules[node.name]
         if rule.kind == "affine":
-            if node.op_type == "Simplex":  # values that sum to 1: the coefficients are shifted
+            if rule.affine.sums_to_one:  # values that sum to 1: the coefficients are shifted
                 m = rounding.magnitude(*bounds[node.inputs[0]]).unsqueeze(1)
                 coeff, bias, err = simplex_backward(A, m)
                 return [(node.inputs[0], coeff)], bias, err
@@ -620,7 +620,7 @@ class BoundEngine:
             return [(node.inputs[0], coeff)], bias, err
         lx, ux, ly, uy, ix, iy = self.bilinear_operands(node, bounds)
         x_shape, y_shape = self.shapes[node.inputs[ix]], self.shapes[node.inputs[iy]]
-        product = PRODUCT_OPS[node.op_type]  # the products' planes, parameters [B, S, *products] (or None)
+        product = rule.product  # the products' planes, parameters [B, S, *products] (or None)
         relaxed = product.relax(*product.expand(lx.unsqueeze(1), ux.unsqueeze(1), ly.unsqueeze(1), uy.unsqueeze(1)),
                                 params)
         planes = (relaxed.lower, relaxed.upper)

@@ -28,7 +28,6 @@ import math
 import torch
 
 from genbab.bounds import rounding
-from genbab.ops.bilinear import PRODUCT_OPS
 
 MAX_FREE = 24  # more free input coordinates than this: the caller uses another method
 NARROW = 2.0**-40  # narrower than this times (1 + |value|): a constant up to rounding
@@ -221,7 +220,7 @@ def product_form(engine, node, fx: Form, fy: Form, bx, by, ix: int, iy: int,
                  image: tuple[torch.Tensor, torch.Tensor]) -> Form:
     """``x y = c_x x + c_y y + r`` from the McCormick planes (common coefficients per neuron:
     either plane's, their mean, or 0 with the product's interval as residual)."""
-    product = PRODUCT_OPS.get(node.op_type)
+    product = engine.rules[node.name].product
     lx, ux = bx
     ly, uy = by
     if (product is None or product.contraction or (fx.G is None and fy.G is None)

@@ -82,9 +82,8 @@ def elementwise_backward(A: torch.Tensor, lines) -> tuple[torch.Tensor, torch.Te
 
 
 def kernel_relaxes(op) -> bool:
-    """Whether the relaxation kernel covers the elementwise op ``op`` (by its name)."""
-    from genbab.kernels.relax import SUPPORTED
-    return op.name in SUPPORTED
+    """Whether the relaxation kernel covers the elementwise op ``op`` (its ``kernel`` trait)."""
+    return op.traits.kernel is not None
 
 
 def relax_lines(op, l: torch.Tensor, u: torch.Tensor, params=None, backend: str = "torch"):
@@ -93,5 +92,5 @@ def relax_lines(op, l: torch.Tensor, u: torch.Tensor, params=None, backend: str 
     ``"triton"`` and the kernel covers ``op``, else ``op.relax`` (PyTorch)."""
     if backend == "triton" and kernel_relaxes(op):
         from genbab.kernels.relax import relax
-        return relax(op.name, l, u, params, **op.attrs)
+        return relax(op.traits.kernel, l, u, params, **op.attrs)
     return op.relax(l, u, params)

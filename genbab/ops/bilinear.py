@@ -47,7 +47,9 @@ class BilinearRelaxation:
 
 @dataclass(frozen=True)
 class BilinearOp:
-    """Registry entry of a two-input op relaxed by planes."""
+    """Registry entry of a two-input op relaxed by planes (traits as data: ``contraction``,
+    ``param_names`` (optimisable when not empty), ``splittable`` (branch and bound may split its
+    factors), ``table``: the product split-point table, ``lookup_tables/branch_<table>.npz``)."""
 
     name: str
     forward: Callable[[Tensor, Tensor], Tensor]
@@ -59,6 +61,12 @@ class BilinearOp:
     contraction: bool = False  # the output sums the products over a shared index (MatMul's j)
     param_names: tuple[str, ...] = ("alpha_lower", "alpha_upper")
     arity: int = 2
+    splittable: bool = True
+    table: str | None = "Mul"
+
+    @property
+    def optimisable(self) -> bool:
+        return bool(self.param_names)
 
 
 def _corners(lx: Tensor, ux: Tensor, ly: Tensor, uy: Tensor) -> tuple[Tensor, Tensor]:

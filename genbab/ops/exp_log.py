@@ -111,7 +111,7 @@ def _exp_regions(l: Tensor, u: Tensor, dtype: torch.dtype) -> dict[str, Region]:
 EXP = OneCurvatureOp(
     "Exp", torch.exp, Curve(torch.exp, torch.exp, lambda z: torch.ones_like(z, dtype=torch.bool)),
     _identity_clamp, _exp_regions, lambda l, u: (torch.exp(l), torch.exp(u)),
-    OpTraits("convex", "increasing", param_names=("tangent_lower",)), (0.0, float("inf")))
+    OpTraits("convex", "increasing", param_names=("tangent_lower",), table="Exp"), (0.0, float("inf")))
 
 
 def _log_clamp(l: Tensor, u: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -123,7 +123,7 @@ LOG = OneCurvatureOp(
     "Log", torch.log, Curve(torch.log, torch.reciprocal, lambda z: torch.zeros_like(z, dtype=torch.bool)),
     _log_clamp, lambda l, u, dt: {"tangent_upper": Region(0.0, float("inf"))},
     lambda l, u: (torch.log(l), torch.log(u)),
-    OpTraits("concave", "increasing", domain=(0.0, float("inf")), param_names=("tangent_upper",)))
+    OpTraits("concave", "increasing", domain=(0.0, float("inf")), param_names=("tangent_upper",), table="Log"))
 
 
 def _sqrt_clamp(l: Tensor, u: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -140,7 +140,7 @@ SQRT = OneCurvatureOp(
     _sqrt_clamp, lambda l, u, dt: {"tangent_upper": Region(torch.maximum(1e-12 * u, torch.full_like(u, 1e-300)),
                                                            float("inf"))},
     lambda l, u: (torch.sqrt(l), torch.sqrt(u)),
-    OpTraits("concave", "increasing", domain=(0.0, float("inf")), param_names=("tangent_upper",)),
+    OpTraits("concave", "increasing", domain=(0.0, float("inf")), param_names=("tangent_upper",), table="Sqrt"),
     (0.0, float("inf")))
 
 
@@ -158,7 +158,7 @@ RECIPROCAL_CORE = OneCurvatureOp(
     lambda l, u, dt: {"tangent_lower": Region(0.0, float("inf")),
                       "tangent_upper": Region(float("-inf"), 0.0)},
     lambda l, u: (torch.reciprocal(u), torch.reciprocal(l)),
-    OpTraits("general", "decreasing", param_names=("tangent_lower", "tangent_upper")))
+    OpTraits("general", "decreasing", param_names=("tangent_lower", "tangent_upper"), table="Reciprocal"))
 
 
 def _straddles_zero(l: Tensor, u: Tensor) -> Tensor:

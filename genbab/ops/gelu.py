@@ -186,7 +186,8 @@ def make_gelu(approximate: str = "none") -> ElementwiseOp:
         interval=partial(interval_gelu, **kw), relax=partial(relax_gelu, **kw),
         init_params=partial(init_params_gelu, **kw),
         project_params=partial(project_params_gelu, **kw),
-        traits=OpTraits("general", None, param_names=("tangent_lower", "tangent_upper")),
+        traits=OpTraits("general", None, param_names=("tangent_lower", "tangent_upper"),
+                        table="Gelu_tanh" if approximate == "tanh" else "Gelu", kernel="Gelu"),
         attrs=kw, factory=make_gelu)
 
 

@@ -10,6 +10,11 @@ Three kinds of node, decided from the op type and *which inputs depend on the ne
   op's :class:`~genbab.ops.relaxation.ElementwiseOp` (with ONNX attributes bound).
 - ``bilinear``: a product of two dependent inputs (``Mul``, ``MatMul``), McCormick planes.
 
+What generic code may read of an op is data here, never a comparison of op names elsewhere:
+:class:`AffineTraits` per affine op (:data:`AFFINE_OPS`), the elementwise ops'
+:class:`~genbab.ops.relaxation.OpTraits` (monotone, optimisable, splittable, split-point table,
+relaxation kernel) and the product ops' :class:`~genbab.ops.bilinear.BilinearOp` fields.
+
 Anything else raises :class:`~genbab.errors.UnsupportedOpError` naming the node.
 """
 
@@ -17,46 +22,26 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 from genbab.errors import UnsupportedOpError
 from genbab.model.graph import InputRef, Node
+from genbab.ops.bilinear import PRODUCT_OPS, BilinearOp
 from genbab.ops.relaxation import ElementwiseOp
 
-# Affine whenever every dependent input sits in one of the listed argument positions
-# (None: any position). E.g. Gemm is affine in its data input A (position 0) only.
-AFFINE_POSITIONS: dict[str, tuple[int, ...] | None] = {
-    "Gemm": (0,), "Conv": (0,), "ConvTranspose": (0,), "BatchNormalization": (0,),
-    "Add": None, "Sub": None, "Sum": None, "Neg": None, "Identity": None, "Dropout": (0,),
-    "Reshape": (0,), "Flatten": (0,), "Transpose": (0,), "Squeeze": (0,), "Unsqueeze": (0,),
-    "Concat": None, "Slice": (0,), "Gather": (0,), "Split": (0,), "Expand": (0,), "Tile": (0,),
-    "Where": (1, 2), "ReduceSum": (0,), "ReduceMean": (0,), "Pad": (0,), "AveragePool": (0,),
-    "GlobalAveragePool": (0,), "Upsample": (0,), "Resize": (0,), "SoftmaxDiff": (0,),
-    "Cast": (0,), "Center": (0,), "Simplex": (0,), "CumSum": (0,),
-    "GatherND": (0,), "GatherElements": (0,), "ScatterND": (0, 2), "ScatterElements": (0, 2),
-}
-# Affine when exactly one input depends on x (the other is a constant factor).
-AFFINE_IF_ONE_DEPENDENT: dict[str, tuple[int, ...] | None] = {"Mul": None, "MatMul": None, "Div": (0,)}
-BILINEAR = {"Mul", "MatMul"}
-# ONNX element types a value may be cast to while the node stays affine (float to float is the
-# identity up to rounding); a cast to an integer or bool type is a step function.
-FLOAT_TYPES = frozenset({1, 10, 11, 16})  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
-# Affine only for some attribute values: (predicate on the ONNX attributes, why not otherwise).
-AFFINE_WHEN = {
-    "Cast": (lambda attrs: int(attrs.get("to", 1)) in FLOAT_TYPES,
-             "a cast to an integer or bool type is a step function"),
-    "BatchNormalization": (lambda attrs: not int(attrs.get("training_mode", 0)),
-                           "training mode normalises by the batch's own statistics"),
-}
+FLOAT_TYPES = frozenset({1, 10, 11, 16})  # FLOAT, FLOAT16, DOUBLE, BFLOAT16: a cast among them is the identity
 
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _constant_unique_indices(node: Node) -> bool:
     """Scatter nodes: the indices (position 1) are a constant without repeated targets (with
     repeats ONNX leaves the result undefined, and the backward step would not be a selection)."""
-    reduction = node.attrs.get("reduction", "none")
-    reduction = reduction.decode() if isinstance(reduction, bytes) else str(reduction)
+    reduction = _text(node.attrs.get("reduction", "none"))
     if reduction not in ("none", "add") or len(node.args) < 2 or not isinstance(node.args[1], torch.Tensor):
         return False
     idx = node.args[1].long()
@@ -74,21 +59,113 @@ def _gather_constant_indices(node: Node) -> bool:
     return len(node.args) >= 2 and isinstance(node.args[1], torch.Tensor)
 
 
-# Affine only for some node forms: (predicate on the node, why not otherwise).
-AFFINE_NODE_WHEN = {
-    "ScatterND": (_constant_unique_indices, "indices must be constant, without repeated targets, reduction none or add"),
-    "ScatterElements": (_constant_unique_indices, "indices must be constant, without repeated targets, reduction none or add"),
-    "GatherND": (_gather_constant_indices, "indices must be constant"),
-    "GatherElements": (_gather_constant_indices, "indices must be constant"),
+@dataclass(frozen=True)
+class AffineTraits:
+    """What generic bound code reads of an op that is affine in its dependent inputs.
+
+    ``positions``: argument positions a dependent input may hold (None: any);
+    ``one_dependent``: affine only with exactly one dependent input (the other a constant
+    factor: Mul, MatMul, Div); ``valid``: ``(predicate on the node, why not)`` when only some
+    forms are affine (attributes, constant indices).
+    ``rounding``: how its arithmetic rounds (:mod:`genbab.bounds.rounding`): ``"exact"`` (data
+    movement: image and backward step computed exactly), ``"elementwise"`` (a few roundings per
+    element when the inputs broadcast to the output), ``"general"`` (sums over every input).
+    ``signs``: +1/-1 per argument position where the op is increasing/decreasing in that
+    argument (the last entry holds for later positions), None when not monotone;
+    ``monotone_when``: a predicate on the attributes under which ``signs`` hold.
+    ``one_to_one``: each output value is one input value (reshapes, transposes), so CROWN through
+    it is never tighter than the interval image.
+    ``backward``: names of the direct backward rules (``genbab.bounds.affine.FAST_RULES``) tried, in
+    order, before the autograd product; ``interval``: the name of an exact interval image
+    (``genbab.bounds.affine.INTERVALS``) used instead of the generic ones; ``sums_to_one``: the
+    values lie in [0, 1] and sum to 1 over the last axis (backward coefficients are shifted per
+    group); ``constant_factor``: scaled by a constant operand (its absolute value bounds ``|L|``).
+    """
+
+    positions: tuple[int, ...] | None = None
+    one_dependent: bool = False
+    valid: tuple[Callable[[Node], bool], str] | None = None
+    rounding: str = "general"
+    signs: tuple[int, ...] | None = None
+    monotone_when: Callable[[dict], bool] | None = None
+    one_to_one: bool = False
+    backward: tuple[str, ...] = ()
+    interval: str | None = None
+    sums_to_one: bool = False
+    constant_factor: bool = False
+
+
+_FIRST = (0,)
+_UP = (1,)
+_MOVE = dict(rounding="exact", signs=_UP)  # data movement, increasing in every input
+_RESHAPE = AffineTraits(_FIRST, one_to_one=True, backward=("reshape",), **_MOVE)
+_SCATTER = AffineTraits((0, 2), valid=(_constant_unique_indices, "indices must be constant, without repeated "
+                                                                  "targets, reduction none or add"))
+_GATHER = AffineTraits(_FIRST, valid=(_gather_constant_indices, "indices must be constant"))
+_INTERPOLATE = {"Resize": ("nearest", "linear"), "Upsample": ("nearest", "linear", "bilinear")}
+
+
+def _interpolation(op: str) -> AffineTraits:
+    """Resize/Upsample: increasing in nearest and (bi/tri)linear modes, whose weights are a positive
+    combination of inputs; cubic weights are negative at the ends (still linear: the Jacobian rule)."""
+    modes = _INTERPOLATE[op]
+    return AffineTraits(_FIRST, signs=_UP, monotone_when=lambda attrs: _text(attrs.get("mode", "nearest")) in modes)
+
+
+AFFINE_OPS: dict[str, AffineTraits] = {
+    "Gemm": AffineTraits(_FIRST, backward=("linear",)),
+    "Conv": AffineTraits(_FIRST), "ConvTranspose": AffineTraits(_FIRST),
+    "BatchNormalization": AffineTraits(_FIRST, rounding="elementwise", backward=("diagonal",),
+                                       valid=(lambda node: not int(node.attrs.get("training_mode", 0)),
+                                              "training mode normalises by the batch's own statistics")),
+    "Add": AffineTraits(rounding="elementwise", signs=_UP, backward=("diagonal", "sum")),
+    "Sub": AffineTraits(rounding="elementwise", signs=(1, -1), backward=("diagonal", "sum")),
+    "Sum": AffineTraits(rounding="elementwise", signs=_UP),
+    "Neg": AffineTraits(rounding="exact", signs=(-1,), backward=("diagonal",)),
+    "Identity": AffineTraits(one_to_one=True, backward=("reshape", "diagonal"), **_MOVE),
+    "Dropout": AffineTraits(_FIRST, one_to_one=True, backward=("reshape", "diagonal"), **_MOVE),
+    "Reshape": _RESHAPE, "Flatten": _RESHAPE, "Squeeze": _RESHAPE, "Unsqueeze": _RESHAPE,
+    "Transpose": AffineTraits(_FIRST, one_to_one=True, backward=("transpose",), **_MOVE),
+    "Concat": AffineTraits(**_MOVE), "Slice": AffineTraits(_FIRST, **_MOVE), "Split": AffineTraits(_FIRST, **_MOVE),
+    "Gather": AffineTraits(_FIRST, signs=_UP), "Expand": AffineTraits(_FIRST, signs=_UP),
+    "Tile": AffineTraits(_FIRST, signs=_UP), "Where": AffineTraits((1, 2), signs=_UP),
+    "ReduceSum": AffineTraits(_FIRST, signs=_UP, backward=("reduce_sum",)),
+    "ReduceMean": AffineTraits(_FIRST, signs=_UP, backward=("reduce_mean",)),
+    "Pad": AffineTraits(_FIRST, signs=_UP), "AveragePool": AffineTraits(_FIRST, signs=_UP),
+    "GlobalAveragePool": AffineTraits(_FIRST, signs=_UP), "CumSum": AffineTraits(_FIRST, signs=_UP),
+    "Upsample": _interpolation("Upsample"), "Resize": _interpolation("Resize"),
+    "Cast": AffineTraits(_FIRST, rounding="elementwise", signs=_UP,
+                         valid=(lambda node: int(node.attrs.get("to", 1)) in FLOAT_TYPES,
+                                "a cast to an integer or bool type is a step function")),
+    # ops of genbab's own rewrites (genbab.model.simplify)
+    "SoftmaxDiff": AffineTraits(_FIRST, backward=("pairwise_difference",), interval="pairwise_difference"),
+    "Center": AffineTraits(_FIRST, backward=("center",), interval="center"),
+    "Simplex": AffineTraits(_FIRST, rounding="exact", sums_to_one=True),
+    "GatherND": _GATHER, "GatherElements": _GATHER, "ScatterND": _SCATTER, "ScatterElements": _SCATTER,
+    # scaled by a constant when exactly one input depends on x (two: a product, see PRODUCT_OPS)
+    "Mul": AffineTraits(one_dependent=True, rounding="elementwise", backward=("diagonal",), constant_factor=True),
+    "Div": AffineTraits(_FIRST, one_dependent=True, rounding="elementwise", backward=("diagonal",),
+                        constant_factor=True),
+    "MatMul": AffineTraits(one_dependent=True, backward=("matmul_const",), constant_factor=True),
 }
+"""Graph op type of an affine node -> its traits (ops not listed: not affine)."""
+GENERAL_AFFINE = AffineTraits()
+
+
+def affine_traits(op_type: str) -> AffineTraits:
+    """The traits of an affine op type (the plain general form for one not listed)."""
+    return AFFINE_OPS.get(op_type, GENERAL_AFFINE)
 
 
 @dataclass(frozen=True)
 class NodeRule:
-    """How bounds pass through one node: ``kind`` and, for elementwise nodes, the bound op."""
+    """How bounds pass through one node: ``kind`` and the op's entry: ``affine`` traits,
+    the elementwise ``op`` (attributes bound) or the ``product`` planes."""
 
     kind: str  # "affine" | "elementwise" | "bilinear"
     op: ElementwiseOp | None = None
+    affine: AffineTraits | None = None
+    product: BilinearOp | None = None
 
 
 def dependent_positions(node: Node) -> list[int]:
@@ -110,20 +187,16 @@ def rule_for(node: Node) -> NodeRule:
     """The bound rule of ``node``; raises UnsupportedOpError when there is none."""
     positions = dependent_positions(node)
     op = node.op_type
-    if op in AFFINE_WHEN and positions and not AFFINE_WHEN[op][0](node.attrs):
-        raise UnsupportedOpError(f"no bound rule for {op} node {node.onnx_name or node.name!r}: {AFFINE_WHEN[op][1]}")
-    if op in AFFINE_NODE_WHEN and positions and not AFFINE_NODE_WHEN[op][0](node):
-        raise UnsupportedOpError(f"no bound rule for {op} node {node.onnx_name or node.name!r}: {AFFINE_NODE_WHEN[op][1]}")
-    if op in AFFINE_POSITIONS:
-        allowed = AFFINE_POSITIONS[op]
-        if allowed is None or all(p in allowed for p in positions):
-            return NodeRule("affine")
-    if op in AFFINE_IF_ONE_DEPENDENT and len(positions) == 1:
-        allowed = AFFINE_IF_ONE_DEPENDENT[op]
-        if allowed is None or positions[0] in allowed:
-            return NodeRule("affine")
-    if op in BILINEAR and len(positions) == 2:
-        return NodeRule("bilinear")
+    traits = AFFINE_OPS.get(op)
+    if traits is not None:
+        if traits.valid is not None and positions and not traits.valid[0](node):
+            raise UnsupportedOpError(f"no bound rule for {op} node {node.onnx_name or node.name!r}: {traits.valid[1]}")
+        allowed = traits.positions
+        if (not traits.one_dependent or len(positions) == 1) and (
+                allowed is None or all(p in allowed for p in positions)):
+            return NodeRule("affine", affine=traits)
+    if op in PRODUCT_OPS and len(positions) == 2:
+        return NodeRule("bilinear", product=PRODUCT_OPS[op])
     table = elementwise_table()
     if op in table and positions == [0]:
         return NodeRule("elementwise", bind_attributes(table[op], node))

@@ -66,7 +66,11 @@ class OpTraits:
     ``kind``: "piecewise_linear", "convex", "concave", "s_shaped", "periodic" or "general";
     ``monotone``: "increasing", "decreasing" or None; ``domain``: the real inputs the math is
     defined for (inputs outside are clamped, see each module); ``param_names``: keys of the
-    alpha dict; ``split_point``: natural branching point (ReLU: 0) or None.
+    alpha dict (none: not optimisable); ``split_point``: natural branching point (ReLU: 0) or
+    None; ``splittable``: branch and bound may split its input; ``table``: the key of its
+    pre-optimised split-point table (``lookup_tables/branch_<table>.npz``), None for none;
+    ``kernel``: the name the relaxation kernel (``kernels/relax.py``) serves it under, None when
+    only PyTorch relaxes it.
     """
 
     kind: str
@@ -74,6 +78,14 @@ class OpTraits:
     domain: tuple[float, float] = (float("-inf"), float("inf"))
     param_names: tuple[str, ...] = ()
     split_point: float | None = None
+    splittable: bool = True
+    table: str | None = None
+    kernel: str | None = None
+
+    @property
+    def optimisable(self) -> bool:
+        """Whether alpha-CROWN has parameters to optimise (``param_names`` not empty)."""
+        return bool(self.param_names)
 
 
 @dataclass(frozen=True)

@@ -128,8 +128,9 @@ TANH = SShapedOp("Tanh", torch.tanh, _dtanh, torch.tanh)
 ERF = SShapedOp("Erf", torch.special.erf, _derf, torch.special.erf)
 
 
-def make_s_shaped(op: SShapedOp) -> ElementwiseOp:
-    """Wrap an :class:`SShapedOp` as a registry entry."""
+def make_s_shaped(op: SShapedOp, served: bool = False) -> ElementwiseOp:
+    """Wrap an :class:`SShapedOp` as a registry entry (``served``: a split-point table and the
+    relaxation kernel exist under its name)."""
     return ElementwiseOp(
         name=op.name, forward=op.forward,
         interval=lambda l, u: s_interval(op, l, u),
@@ -137,7 +138,8 @@ def make_s_shaped(op: SShapedOp) -> ElementwiseOp:
         init_params=lambda l, u: s_init_params(op, l, u),
         project_params=lambda params, l, u: s_project_params(op, params, l, u),
         traits=OpTraits("s_shaped", "increasing", param_names=("tangent_lower", "tangent_upper"),
-                        split_point=op.c))
+                        split_point=op.c, table=op.name if served else None,
+                        kernel=op.name if served else None))
 
 
-OPS: dict[str, ElementwiseOp] = {op.name: make_s_shaped(op) for op in (SIGMOID, TANH, ERF)}
+OPS: dict[str, ElementwiseOp] = {op.name: make_s_shaped(op, served=True) for op in (SIGMOID, TANH, ERF)}

@@ -138,7 +138,8 @@ def make_trig(op: TrigOp) -> ElementwiseOp:
         relax=lambda l, u, params=None: relax_trig(op, l, u, params),
         init_params=lambda l, u: init_params_trig(op, l, u),
         project_params=lambda params, l, u: project_params_trig(op, params, l, u),
-        traits=OpTraits("periodic", None, param_names=("tangent_lower", "tangent_upper")))
+        traits=OpTraits("periodic", None, param_names=("tangent_lower", "tangent_upper"), table=op.name,
+                        kernel=op.name))
 
 
 OPS: dict[str, ElementwiseOp] = {op.name: make_trig(op) for op in (SIN, COS)}
