@@ -118,7 +118,8 @@ def verify(model: Model | str | Path, spec: Spec | str | Path, timeout: float = 
                                           "bound over all of them bounds the boxes in its first pass"}
         else:
             open_cases, root_bounds = run_bounds(model, spec, deadline, alpha, stats, progress, engine_config,
-                                                 tighten=not (splits_inputs and bab_config.input_skip_tightening))
+                                                 tighten=not (splits_inputs and bab_config.input_skip_tightening),
+                                                 unstable_only=bab_config.tighten_unstable_only)
         if len(open_cases) and bab and "error" not in stats["bounds"]:
             reserve = max(1.0, 0.1 * (deadline - time.monotonic()))
             open_cases, witness = run_bab(model, spec, open_cases, deadline - reserve, bab_config, stats, progress,
@@ -206,16 +207,18 @@ def first_attack_budget(timeout: float) -> float:
 
 def run_bounds(model: Model, spec: Spec, deadline: float, alpha: AlphaConfig, stats: dict,
                progress: ProgressCallback | None, engine_config=None,
-               tighten: bool = True) -> tuple[torch.Tensor, list | None]:
+               tighten: bool = True, unstable_only: bool = False) -> tuple[torch.Tensor, list | None]:
     """alpha-CROWN on every case; returns the indices of the cases it did not prove and, per case,
     the intermediate bounds of its box (branch and bound starts from them). ``tighten``: the
-    rounds of intermediate-bound tightening (:func:`~genbab.prove.prove_cases`)."""
+    rounds of intermediate-bound tightening (:func:`~genbab.prove.prove_cases`; ``unstable_only``:
+    rows only for the neurons that shape a relaxation)."""
     if progress is not None:
         progress("bounds", AttackStats(), deadline - time.monotonic())
     try:
         from genbab.bounds import engine_for
 
-        report = prove_cases(model, spec, deadline, alpha, tighten=tighten, engine=engine_for(model, engine_config))
+        report = prove_cases(model, spec, deadline, alpha, tighten=tighten, engine=engine_for(model, engine_config),
+                             unstable_only=unstable_only)
     except UnsupportedOpError as err:
         stats["bounds"] = {"error": str(err)}
         stats["no_proof_reason"] = str(err)  # no bound can ever hold: the verdict is sat or unknown

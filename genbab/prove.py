@@ -43,7 +43,7 @@ TIGHTEN_PROGRESS = 1e-3  # a round must raise some row bound by this much for an
 
 
 def prove_cases(model: Model, spec: Spec, deadline: float, alpha: AlphaConfig = AlphaConfig(),
-                boxes_per_pass: int = 16, tighten: bool = True, engine=None) -> ProofReport:
+                boxes_per_pass: int = 16, tighten: bool = True, engine=None, unstable_only: bool = False) -> ProofReport:
     """Bound every case with alpha-CROWN; stop (leaving cases unproved) at the deadline.
 
     First every box gets CROWN intermediate bounds and alpha-CROWN (``boxes_per_pass`` boxes per
@@ -52,7 +52,8 @@ def prove_cases(model: Model, spec: Spec, deadline: float, alpha: AlphaConfig = 
     and its cases bounded again (:func:`_tighten_in_rounds`: rounds of 4, 8, 16 and 32 steps
     while some row bound still rises, at most ``TIGHTEN_SHARE`` of the time left, shared evenly
     by those boxes so that a property with 500 boxes does not spend it on the first).
-    ``engine``: the bound engine to use (default: :func:`~genbab.bounds.engine_for` ``(model)``,
+    ``unstable_only``: tightening rows only for the neurons that shape a relaxation
+    (:func:`~genbab.bounds.alpha.shaping_neurons`). ``engine``: the bound engine to use (default: :func:`~genbab.bounds.engine_for` ``(model)``,
     CPU); the report's tensors are on the CPU, ``root_bounds`` on the engine's device."""
     start = time.monotonic()
     engine = engine_for(model) if engine is None else engine
@@ -77,13 +78,13 @@ def prove_cases(model: Model, spec: Spec, deadline: float, alpha: AlphaConfig = 
         if not _all_proved(lb, members, spec.n_rows):
             passes.append((members, C, d, box, bounds, lb))
     if tighten and passes and time.monotonic() < deadline:
-        _tighten_in_rounds(engine, spec, passes, alpha, deadline, case_bounds, root_bounds)
+        _tighten_in_rounds(engine, spec, passes, alpha, deadline, case_bounds, root_bounds, unstable_only)
     proved = case_bounds > 0
     return ProofReport(proved, case_bounds, len(unique), time.monotonic() - start, root_bounds)
 
 
 def _tighten_in_rounds(engine, spec: Spec, passes: list, alpha: AlphaConfig, deadline: float,
-                       case_bounds: torch.Tensor, root_bounds: list) -> None:
+                       case_bounds: torch.Tensor, root_bounds: list, unstable_only: bool = False) -> None:
     """Tighten the intermediate bounds of the unproved ``passes`` ``(members, C, d, box, bounds,
     lb)`` and bound their cases again, in rounds of 4, 8, 16, 32 Adam steps; a pass goes on to the
     next round only while it is unproved and improving. ``TIGHTEN_SHARE`` of the time left is
@@ -97,7 +98,7 @@ def _tighten_in_rounds(engine, spec: Spec, passes: list, alpha: AlphaConfig, dea
                 break
             share = budget_left / (len(passes) - i)
             bounds = tighten_intermediates(engine, box, bounds, iterations=4 * 2 ** rnd,
-                                           deadline=min(deadline, now + share))
+                                           deadline=min(deadline, now + share), only_unstable=unstable_only)
             again = torch.maximum(lb, optimize_rows(engine, C, box, bounds, alpha, offset=d,
                                                     deadline=deadline).detach())
             _record(spec, members, again, bounds, case_bounds, root_bounds)

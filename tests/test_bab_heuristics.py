@@ -186,3 +186,67 @@ def test_input_scores_floor_the_coefficients_and_fall_back_to_relative_width() -
     assert int(floored[0].argmax()) == 1  # 0.1 * max|A| * 50 / 2 = 5 beats |A| w / 2 = 1
     assert floored[1].tolist() == pytest.approx([1.0, 0.3, 2.0])  # all zero: width / root width
     assert int(floored[1].argmax()) == 2
+
+
+def _relu_chain(tmp_path, second: str):
+    """``y = W3 second(W2 relu(W1 x + b1)) `` with 6 inputs, 12 and 8 hidden neurons; ``b1`` shifts a
+    third of the first layer's neurons far up so they stay active on the box."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+    from test_bounds import tensor, write_model
+
+    import genbab
+
+    rng = np.random.default_rng(4)
+    b1 = np.zeros(12, np.float32)
+    b1[:4] = 50.0
+    inits = [numpy_helper.from_array(rng.standard_normal((6, 12)).astype(np.float32), "w1"),
+             numpy_helper.from_array(b1, "b1"),
+             numpy_helper.from_array(rng.standard_normal((12, 8)).astype(np.float32), "w2"),
+             numpy_helper.from_array(rng.standard_normal((8, 2)).astype(np.float32), "w3")]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h1"]), helper.make_node("Add", ["h1", "b1"], ["z1"]),
+             helper.make_node("Relu", ["z1"], ["a1"]), helper.make_node("MatMul", ["a1", "w2"], ["z2"]),
+             helper.make_node(second, ["z2"], ["a2"]), helper.make_node("MatMul", ["a2", "w3"], ["y"])]
+    return genbab.load_model(write_model(tmp_path, nodes, [tensor("x", [1, 6])], [tensor("y", [1, 2])], inits))
+
+
+@pytest.mark.parametrize("second", ["Relu", "Sigmoid"])
+def test_tightening_only_unstable_neurons_is_sound_and_skips_stable_ones(tmp_path, second: str) -> None:
+    """``shaping_neurons``: a ReLU's input neurons whose interval straddles 0, all neurons of a
+    sigmoid's input (None); tightening only those keeps the stable neurons' CROWN bounds, tightens
+    the others like the full run does at most, and stays sound on samples."""
+    from genbab.bounds.alpha import shaping_neurons
+
+    engine = engine_for(_relu_chain(tmp_path, second))
+    box = engine.box(-torch.ones(1, 6, dtype=torch.float64), torch.ones(1, 6, dtype=torch.float64))
+    with torch.no_grad():
+        crown = engine.intermediate_bounds(box, "crown")
+    z1 = next(n.inputs[0] for n in engine.nodes if n.op_type == "Relu")
+    lo, hi = crown[z1]
+    rows = shaping_neurons(engine, z1, lo, hi)
+    straddling = torch.nonzero(((lo < 0) & (hi > 0)).reshape(-1)).flatten()
+    assert rows is not None and torch.equal(rows, straddling) and 0 < len(rows) <= 8
+    z2 = next(n.inputs[0] for n in engine.nodes if n.op_type == second and n.inputs[0] != z1)
+    rows2 = shaping_neurons(engine, z2, *crown[z2])
+    full = tighten_intermediates(engine, box, crown, iterations=6)
+    some = tighten_intermediates(engine, box, crown, iterations=6, only_unstable=True)
+    if second == "Sigmoid":  # every neuron shapes the sigmoid's relaxation: the same run
+        assert rows2 is None
+        assert all(torch.equal(some[k][0], full[k][0]) and torch.equal(some[k][1], full[k][1]) for k in full)
+    else:
+        lo2, hi2 = crown[z2]
+        assert torch.equal(rows2, torch.nonzero(((lo2 < 0) & (hi2 > 0)).reshape(-1)).flatten())
+        assert 0 < len(rows2) < lo2.numel()
+        stable = torch.ones(lo2.numel(), dtype=torch.bool)
+        stable[rows2] = False
+        l_, h_ = some[z2]
+        assert torch.equal(l_.reshape(-1)[stable], lo2.reshape(-1)[stable])
+        assert torch.equal(h_.reshape(-1)[stable], hi2.reshape(-1)[stable])
+        assert float((h_ - l_).reshape(-1)[rows2].sum()) < float((hi2 - lo2).reshape(-1)[rows2].sum())
+    xs = torch.rand(3_000, 6, generator=torch.Generator().manual_seed(5), dtype=torch.float64) * 2 - 1
+    values = node_values(engine, xs)
+    for name, (l_, h_) in some.items():
+        if name in values:
+            v = values[name].reshape(len(xs), -1)
+            assert bool((v >= l_.reshape(1, -1) - 1e-9).all() and (v <= h_.reshape(1, -1) + 1e-9).all()), name
+    assert full.keys() == some.keys()

@@ -219,7 +219,8 @@ TIGHTEN_BYTES_PER_ELEMENT = 8 * 128  # float64 parameters and the relaxation tem
 
 
 def tighten_intermediates(engine: BoundEngine, box: Box, bounds: Bounds, iterations: int = 4, lr: float = 0.2,
-                          deadline: float | None = None, max_param_elements: float | None = None) -> Bounds:
+                          deadline: float | None = None, max_param_elements: float | None = None,
+                          only_unstable: bool = False) -> Bounds:
     """Intermediate bounds tightened by alpha-CROWN, node by node in topological order.
 
     For each CROWN target ``z`` (``n`` neurons) the rows ``+e_j`` and ``-e_j`` get their own
@@ -228,7 +229,9 @@ def tighten_intermediates(engine: BoundEngine, box: Box, bounds: Bounds, iterati
     the interval bounds of every later node are refreshed before the next target. Every iterate
     is a sound bound, so stopping at the deadline (or skipping a node whose parameters would
     exceed ``max_param_elements``, by default what a quarter of the free memory holds at
-    ``TIGHTEN_BYTES_PER_ELEMENT``) leaves sound, merely looser, bounds."""
+    ``TIGHTEN_BYTES_PER_ELEMENT``) leaves sound, merely looser, bounds. ``only_unstable``: rows only
+    for the neurons whose bounds shape a relaxation (:func:`shaping_neurons`), a node with none is
+    skipped."""
     if max_param_elements is None:
         from genbab.bab.memory import free_bytes
         max_param_elements = min(3e7, 0.25 * free_bytes(engine.device) / TIGHTEN_BYTES_PER_ELEMENT)
@@ -239,30 +242,91 @@ def tighten_intermediates(engine: BoundEngine, box: Box, bounds: Bounds, iterati
             continue
         if deadline is not None and time.monotonic() >= deadline:
             break
-        best = _optimize_node(engine, node, box, bounds, iterations, lr, deadline, max_param_elements)
+        lo, hi = bounds[name]
+        rows = shaping_neurons(engine, name, lo, hi) if only_unstable else None
+        if rows is not None and not len(rows):
+            continue
+        best = _optimize_node(engine, node, box, bounds, iterations, lr, deadline, max_param_elements, rows)
         if best is None:
             continue
-        n = best.shape[1] // 2
-        lo, hi = bounds[name]
-        lo = torch.maximum(lo, best[:, :n].reshape(lo.shape))
-        hi = torch.minimum(hi, (-best[:, n:]).reshape(hi.shape))
+        m = best.shape[1] // 2
+        if rows is None:
+            lo = torch.maximum(lo, best[:, :m].reshape(lo.shape))
+            hi = torch.minimum(hi, (-best[:, m:]).reshape(hi.shape))
+        else:
+            flat_lo, flat_hi = lo.reshape(lo.shape[0], -1).clone(), hi.reshape(hi.shape[0], -1).clone()
+            flat_lo[:, rows] = torch.maximum(flat_lo[:, rows], best[:, :m])
+            flat_hi[:, rows] = torch.minimum(flat_hi[:, rows], -best[:, m:])
+            lo, hi = flat_lo.reshape(lo.shape), flat_hi.reshape(hi.shape)
         bounds[name] = (lo, hi)
         _refresh_after(engine, engine.index[name], bounds)
     return bounds
 
 
+def shaping_neurons(engine: BoundEngine, name: str, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor | None:
+    """Flat indices of the neurons of ``name`` whose bounds shape some reader's relaxation, or None
+    for all: when every nonlinear reader is piecewise linear with one kink (ReLU-like), the neurons
+    whose interval contains the kink in some box (elsewhere the reader is linear on the interval
+    whatever its bounds, and CROWN passes through it exactly), unless the reader's output bounds,
+    derived from these by interval steps, reach another relaxation (then, like any other
+    reader, it needs them all)."""
+    readers = [n for n in engine.nodes if name in n.inputs and engine.rules[n.name].kind != "affine"]
+    kinks = []
+    for reader in readers:
+        rule = engine.rules[reader.name]
+        traits = rule.op.traits if rule.kind == "elementwise" else None
+        if (traits is None or traits.kind != "piecewise_linear" or traits.split_point is None
+                or _interval_bounds_reach_a_relaxation(engine, reader)):
+            return None
+        kinks.append(traits.split_point)
+    if not kinks:
+        return None
+    flat_lo, flat_hi = lo.reshape(lo.shape[0], -1), hi.reshape(hi.shape[0], -1)
+    needed = torch.zeros(flat_lo.shape[1], dtype=torch.bool, device=lo.device)
+    for k in kinks:
+        needed |= ((flat_lo < k) & (flat_hi > k)).any(0)
+    return torch.nonzero(needed).flatten()
+
+
+def _crown_computed(engine: BoundEngine, node) -> bool:
+    return node.name in engine.crown_targets and not engine._exact_by_ibp(node)
+
+
+def _interval_bounds_reach_a_relaxation(engine: BoundEngine, node) -> bool:
+    """Are the bounds of ``node`` (or of an affine descendant whose bounds interval steps derive
+    from them) read by a nonlinear node? False when CROWN computes them itself."""
+    if _crown_computed(engine, node):
+        return False
+    todo, seen = [node.name], set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        if name in engine.needs_bounds:
+            return True
+        todo += [c.name for c in engine.nodes if name in c.inputs and engine.rules[c.name].kind == "affine"
+                 and not _crown_computed(engine, c)]
+    return False
+
+
 def _optimize_node(engine: BoundEngine, node, box: Box, bounds: Bounds, iterations: int, lr: float,
-                   deadline: float | None, max_param_elements: float) -> torch.Tensor | None:
-    """Best ``[B, 2n]`` lower bounds of the rows ``+e_j`` / ``-e_j`` of ``node`` (None: skipped)."""
+                   deadline: float | None, max_param_elements: float,
+                   rows: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Best ``[B, 2m]`` lower bounds of the rows ``+e_j`` / ``-e_j`` of ``node`` for the neurons
+    ``rows`` (flat indices; None: all ``m = n``), None when skipped."""
     shape = engine.shapes[node.name]
     n = math.prod(shape)
     before = engine.index[node.name]
     per_row = param_elements(engine, before)
-    if per_row == 0 or 2 * n * per_row * box.batch > max_param_elements:
+    m = n if rows is None else len(rows)
+    if per_row == 0 or 2 * m * per_row * box.batch > max_param_elements:
         return None
     eye = torch.eye(n, dtype=engine.dtype, device=engine.device)
-    A = torch.cat([eye, -eye]).reshape(1, 2 * n, *shape).expand(box.batch, -1, *shape)
-    alpha = AlphaParams(engine, bounds, 2 * n, before=before)
+    if rows is not None:
+        eye = eye[rows]
+    A = torch.cat([eye, -eye]).reshape(1, 2 * m, *shape).expand(box.batch, -1, *shape)
+    alpha = AlphaParams(engine, bounds, 2 * m, before=before)
     opt = torch.optim.Adam(alpha.tensors(), lr=lr)
     best = None
     for _ in range(iterations):
