@@ -124,10 +124,13 @@ def summary(done: list[dict]) -> str:
         both = [r for r, x, y in zip(rs, a, g) if x and y]
         med = (f"{statistics.median(float(r['abcrown_wall_s']) for r in both):.1f} / "
                f"{statistics.median(float(r['genbab_wall_s']) for r in both):.1f} s" if both else "-")
-        lines.append(f"| {'**all**' if bench == 'all' else bench} | {len(rs)} | {sum(a)} | {sum(g)} | "
+        has_cpu = [r["abcrown"] != "-" for r in rs]  # --instances: rows abcrown_cpu.csv lacks count for neither
+        a_text = f"{sum(a)} of {sum(has_cpu)}" if not all(has_cpu) else f"{sum(a)}"
+        lines.append(f"| {'**all**' if bench == 'all' else bench} | {len(rs)} | {a_text} | {sum(g)} | "
                      f"{sum(wrong(r['abcrown'], r['expected']) for r in rs)} / "
                      f"{sum(wrong(r['genbab'], r['expected']) for r in rs)} | {med} | "
-                     f"{sum(y and not x for x, y in zip(a, g))} | {sum(x and not y for x, y in zip(a, g))} |"
+                     f"{sum(y and not x and c for x, y, c in zip(a, g, has_cpu))} | "
+                     f"{sum(x and not y and c for x, y, c in zip(a, g, has_cpu))} |"
                      + (f" {sum(solved(r.get('abcrown_published') or '-', r['expected']) for r in rs)} |"
                         if lines[0].endswith("(GPU) solved |") else ""))
     return "\n".join(lines)
