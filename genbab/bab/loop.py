@@ -65,7 +65,7 @@ class BabConfig:
     input_bounds: str = "forward"  # intermediate bounds of input-split sub-boxes: "forward" | "crown"
     input_coeff_floor: float = 0.1  # input splits: |A_i| floored at this fraction of max_j |A_j| (branching.input_scores)
     input_skip_tightening: bool = True  # input splits ahead: no tightening rounds at the root (api.verify)
-    tighten_unstable_only: bool = False  # root tightening rounds: rows only for neurons shaping a relaxation (alpha.shaping_neurons)
+    tighten_unstable_only: bool = True  # root tightening rounds: rows only for neurons shaping a relaxation (alpha.shaping_neurons)
     input_threads: int = 0  # torch threads during input-split passes (wide batches gain from every core); 0: as set
     joint_cases: bool = True  # the open cases of one input box in one search (api.run_bab); False: case by case
     shared_frontier: bool = True  # input splits over several boxes: one search for all (api.run_bab_boxes)
