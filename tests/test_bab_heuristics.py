@@ -250,3 +250,27 @@ def test_tightening_only_unstable_neurons_is_sound_and_skips_stable_ones(tmp_pat
             v = values[name].reshape(len(xs), -1)
             assert bool((v >= l_.reshape(1, -1) - 1e-9).all() and (v <= h_.reshape(1, -1) + 1e-9).all()), name
     assert full.keys() == some.keys()
+
+
+def test_shaping_neurons_of_a_two_kink_reader_include_both_kinks(tmp_path) -> None:
+    """``Clip(z, 0, 1)`` is linear away from 0 and 1: the neurons whose interval straddles either
+    kink are the ones to tighten, those inside ``[0, 1]`` or outside it are not."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+    from test_bounds import tensor, write_model
+
+    import genbab
+    from genbab.bounds.alpha import shaping_neurons
+
+    w = np.eye(4, dtype=np.float32)
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.float32(0.0), "lo"),
+             numpy_helper.from_array(np.float32(1.0), "hi"), numpy_helper.from_array(w, "w2")]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["z"]), helper.make_node("Clip", ["z", "lo", "hi"], ["c"]),
+             helper.make_node("MatMul", ["c", "w2"], ["y"])]
+    engine = engine_for(genbab.load_model(write_model(tmp_path, nodes, [tensor("x", [1, 4])], [tensor("y", [1, 4])],
+                                                      inits)))
+    z = next(n.inputs[0] for n in engine.nodes if engine.rules[n.name].kind == "elementwise")
+    lo = torch.tensor([[-0.5, 0.2, 0.5, 2.0]], dtype=torch.float64)
+    hi = torch.tensor([[0.5, 0.8, 1.5, 3.0]], dtype=torch.float64)
+    lo, hi = lo.reshape(1, *engine.shapes[z]), hi.reshape(1, *engine.shapes[z])
+    assert shaping_neurons(engine, z, lo, hi).tolist() == [0, 2]

@@ -263,29 +263,31 @@ def tighten_intermediates(engine: BoundEngine, box: Box, bounds: Bounds, iterati
     return bounds
 
 
+LINEAR_SLACK = 1e-12  # relative gap of two equal-slope lines still read as one line (a rounding margin)
+
+
 def shaping_neurons(engine: BoundEngine, name: str, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor | None:
     """Flat indices of the neurons of ``name`` whose bounds shape some reader's relaxation, or None
-    for all: when every nonlinear reader is piecewise linear with one kink (ReLU-like), the neurons
-    whose interval contains the kink in some box (elsewhere the reader is linear on the interval
-    whatever its bounds, and CROWN passes through it exactly), unless the reader's output bounds,
-    derived from these by interval steps, reach another relaxation (then, like any other
-    reader, it needs them all)."""
+    for all (also when every neuron does). A neuron on which every reader's relaxation is exact
+    (lower and upper line equal up to rounding: a piecewise-linear op away from its kinks) keeps
+    it exact on any narrower interval, so its bounds change nothing in CROWN; products need every
+    neuron, and so does a reader whose output bounds, derived from these by interval steps, reach
+    another relaxation."""
     readers = [n for n in engine.nodes if name in n.inputs and engine.rules[n.name].kind != "affine"]
-    kinks = []
+    if not readers:
+        return None
+    needed = torch.zeros(lo[0].numel(), dtype=torch.bool, device=lo.device)
     for reader in readers:
         rule = engine.rules[reader.name]
-        traits = rule.op.traits if rule.kind == "elementwise" else None
-        if (traits is None or traits.kind != "piecewise_linear" or traits.split_point is None
-                or _interval_bounds_reach_a_relaxation(engine, reader)):
+        if rule.kind != "elementwise" or _interval_bounds_reach_a_relaxation(engine, reader):
             return None
-        kinks.append(traits.split_point)
-    if not kinks:
-        return None
-    flat_lo, flat_hi = lo.reshape(lo.shape[0], -1), hi.reshape(hi.shape[0], -1)
-    needed = torch.zeros(flat_lo.shape[1], dtype=torch.bool, device=lo.device)
-    for k in kinks:
-        needed |= ((flat_lo < k) & (flat_hi > k)).any(0)
-    return torch.nonzero(needed).flatten()
+        with torch.no_grad():
+            lines = engine.relax(rule.op, lo, hi)
+        scale = 1.0 + lines.bias_lower.abs() + lines.slope_lower.abs() * torch.maximum(lo.abs(), hi.abs())
+        exact = (lines.slope_lower == lines.slope_upper) & (
+            (lines.bias_upper - lines.bias_lower).abs() <= LINEAR_SLACK * scale)  # one line up to rounding
+        needed |= ~exact.reshape(exact.shape[0], -1).all(0)
+    return None if bool(needed.all()) else torch.nonzero(needed).flatten()
 
 
 def _crown_computed(engine: BoundEngine, node) -> bool:
