@@ -270,8 +270,8 @@ def shaping_neurons(engine: BoundEngine, name: str, lo: torch.Tensor, hi: torch.
     """Flat indices of the neurons of ``name`` whose bounds shape some reader's relaxation, or None
     for all (also when every neuron does). A neuron on which every reader's relaxation is exact
     (lower and upper line equal up to rounding: a piecewise-linear op away from its kinks) keeps
-    it exact on any narrower interval, so its bounds change nothing in CROWN; products need every
-    neuron, and so does a reader whose output bounds, derived from these by interval steps, reach
+    it exact on any narrower interval, so its bounds change nothing in CROWN; smooth ops and products
+    need every neuron, and so does a reader whose output bounds, derived from these by interval steps, reach
     another relaxation."""
     readers = [n for n in engine.nodes if name in n.inputs and engine.rules[n.name].kind != "affine"]
     if not readers:
@@ -279,8 +279,9 @@ def shaping_neurons(engine: BoundEngine, name: str, lo: torch.Tensor, hi: torch.
     needed = torch.zeros(lo[0].numel(), dtype=torch.bool, device=lo.device)
     for reader in readers:
         rule = engine.rules[reader.name]
-        if rule.kind != "elementwise" or _interval_bounds_reach_a_relaxation(engine, reader):
-            return None
+        if (rule.kind != "elementwise" or rule.op.traits.kind != "piecewise_linear"
+                or _interval_bounds_reach_a_relaxation(engine, reader)):
+            return None  # smooth ops and products: every neuron shapes their relaxation
         with torch.no_grad():
             lines = engine.relax(rule.op, lo, hi)
         scale = 1.0 + lines.bias_lower.abs() + lines.slope_lower.abs() * torch.maximum(lo.abs(), hi.abs())
